@@ -1,0 +1,1 @@
+from tinyvm_jax._src import isa  # placeholder until the API lands
