@@ -1,0 +1,193 @@
+"""The exact Tiny-VM interpreter: `jax.lax.scan` over a static step budget.
+
+Each step fetches the instruction at `pc` and views it one-hot (opcode over
+the 21 opcodes, each register operand over the 8 registers); every opcode's
+result is computed and the one-hot opcode selects it. The soft interpreter
+(`soft.py`) runs the same machine on distributions instead of one-hots.
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tinyvm_jax._src import isa
+from tinyvm_jax._src.types import Program, Trace
+
+_WRITES = jnp.asarray(isa.WRITES_REG, jnp.int32)   # [21]
+_N_REGS = jnp.asarray(isa.N_REGS, jnp.int32)        # [21]
+
+
+class Instruction(NamedTuple):
+  """One instruction viewed one-hot, as the interpreter consumes it."""
+  op: jax.Array      # [21] int32 one-hot opcode (all zero: invalid opcode)
+  regs: jax.Array    # [3, R] int32 one-hot register operands (all zero: bad index)
+  lit: jax.Array     # [] int32
+  target: jax.Array  # [] int32 instruction index, -1 if undefined
+
+
+class _State(NamedTuple):
+  pc: jax.Array      # [] int32
+  regs: jax.Array    # [R] int32
+  stack: jax.Array   # [K] int32
+  depth: jax.Array   # [] int32
+  done: jax.Array    # [] bool
+  halted: jax.Array  # [] bool
+  error: jax.Array   # [] int32
+  steps: jax.Array   # [] int32
+
+
+def fetch(program: Program, pc: jax.Array) -> Instruction:
+  """The instruction at `pc`, one-hot (pc clipped into the program)."""
+  i = jnp.clip(pc, 0, program.op.shape[-1] - 1)
+  op = program.op[i]
+  return Instruction(
+      op=jax.nn.one_hot(op, isa.NUM_OPS, dtype=jnp.int32),
+      regs=jax.nn.one_hot(program.regs[i], isa.NUM_REGS, dtype=jnp.int32),
+      lit=program.lit[i], target=program.target[i])
+
+
+def clamp(x: jax.Array) -> jax.Array:
+  return jnp.clip(x, isa.VALUE_MIN, isa.VALUE_MAX)
+
+
+def trunc_div(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Quotient truncated toward zero; 0 when dividing by zero."""
+  safe = jnp.where(b == 0, 1, b)
+  q = jnp.abs(a) // jnp.abs(safe)
+  return jnp.where(b == 0, 0, jnp.where((a < 0) != (safe < 0), -q, q))
+
+
+def op_results(ins: Instruction, regs: jax.Array, top: jax.Array) -> jax.Array:
+  """[21] int32: the value each opcode would write (0 for non-writers)."""
+  a = ins.regs[1] @ regs
+  b = ins.regs[2] @ regs
+  zero = jnp.zeros((), jnp.int32)
+  vals = [clamp(ins.lit), a, clamp(a + b), clamp(a - b), clamp(a * b),
+          clamp(trunc_div(a, b)), clamp(-a), (a == b).astype(jnp.int32),
+          (a < b).astype(jnp.int32), zero, zero, zero, top]
+  return jnp.stack(vals + [zero] * (isa.NUM_OPS - len(vals)))
+
+
+def _step(program: Program, s: _State):
+  ins = fetch(program, s.pc)
+  is_op = lambda o: ins.op[o] == 1
+  r0 = ins.regs[0] @ s.regs
+  slots = jnp.arange(isa.STACK_SIZE)
+  top = jnp.sum(jnp.where(slots == s.depth - 1, s.stack, 0))
+  # Errors are checked before the instruction runs; a failing step is not
+  # recorded, as the reference raises there.
+  n_regs = ins.op @ _N_REGS
+  bad_reg = jnp.any((jnp.arange(isa.MAX_REG_ARGS) < n_regs)
+                    & (ins.regs.sum(-1) == 0))
+  jumps = (is_op(isa.JZ) & (r0 == 0)) | is_op(isa.JMP)
+  err = jnp.select(
+      [ins.op.sum() == 0, bad_reg, ins.op[isa.USEROP_0:].sum() > 0,
+       is_op(isa.PUSH) & (s.depth >= isa.STACK_SIZE),
+       is_op(isa.POP) & (s.depth <= 0), jumps & (ins.target < 0)],
+      [isa.ERR_BAD_OPCODE, isa.ERR_BAD_REGISTER, isa.ERR_USEROP,
+       isa.ERR_STACK_OVERFLOW, isa.ERR_STACK_UNDERFLOW, isa.ERR_BAD_TARGET],
+      isa.ERR_NONE)
+  run = ~s.done & (err == isa.ERR_NONE)
+
+  val = ins.op @ op_results(ins, s.regs, top)
+  write = (ins.op @ _WRITES) * ins.regs[0]
+  regs = jnp.where(write == 1, val, s.regs)
+  push, pop = is_op(isa.PUSH), is_op(isa.POP)
+  stack = jnp.where(push & (slots == s.depth), r0, s.stack)
+  stack = jnp.where(pop & (slots == s.depth - 1), 0, stack)
+  depth = s.depth + push.astype(jnp.int32) - pop.astype(jnp.int32)
+  next_pc = jnp.where(jumps, ins.target, s.pc + 1)
+  halts = is_op(isa.HALT) | (next_pc >= program.length)
+  emits = run & is_op(isa.PRINT)
+
+  new = _State(
+      pc=jnp.where(run, next_pc, s.pc),
+      regs=jnp.where(run, regs, s.regs),
+      stack=jnp.where(run, stack, s.stack),
+      depth=jnp.where(run, depth, s.depth),
+      done=s.done | ~run | halts,
+      halted=s.halted | (run & halts),
+      error=jnp.where(~s.done & ~run, err, s.error),
+      steps=s.steps + run.astype(jnp.int32))
+  zero = lambda x: jnp.where(run, x, jnp.zeros_like(x))
+  record = (zero(s.pc), zero(new.regs), zero(new.stack), zero(new.depth),
+            jnp.where(emits, r0, 0), emits)
+  return new, record
+
+
+def run(program: Program, *, max_steps: int) -> Trace:
+  """Runs one program for at most `max_steps` steps.
+
+  Args:
+    program: an unbatched `Program` ([P] arrays); vmap for batches.
+    max_steps: static step budget `S` (the reference allows 1,000,000).
+
+  Returns:
+    The `Trace` ([S] arrays). A program still running after `max_steps`
+    steps ends with `error == ERR_STEP_BUDGET`; a stack fault, a userop, a
+    jump to an undefined label, a bad register index or opcode end the run
+    with the matching error code, the faulting step not recorded.
+  """
+  if max_steps < 1:
+    raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+  init = _State(
+      pc=jnp.zeros((), jnp.int32), regs=jnp.zeros(isa.NUM_REGS, jnp.int32),
+      stack=jnp.zeros(isa.STACK_SIZE, jnp.int32),
+      depth=jnp.zeros((), jnp.int32),
+      done=jnp.asarray(program.length <= 0),
+      halted=jnp.asarray(program.length <= 0),
+      error=jnp.zeros((), jnp.int32), steps=jnp.zeros((), jnp.int32))
+  final, (pc, regs, stack, depth, emitted, emit_mask) = jax.lax.scan(
+      lambda s, _: _step(program, s), init, None, length=max_steps)
+  error = jnp.where(final.done, final.error, isa.ERR_STEP_BUDGET)
+  slot = jnp.where(emit_mask, jnp.cumsum(emit_mask) - 1, max_steps)
+  output = jnp.zeros(max_steps, jnp.int32).at[slot].set(emitted, mode="drop")
+  return Trace(pc=pc, regs=regs, stack=stack, depth=depth, emitted=emitted,
+               emit_mask=emit_mask, output=output,
+               num_output=emit_mask.sum(dtype=jnp.int32),
+               num_steps=final.steps, halted=final.halted & (error == 0),
+               error=error)
+
+
+# ------------------------------------------------------------ host helpers
+def trace_to_json(trace: Trace) -> dict[str, Any]:
+  """The reference's trace dict `{steps, output, halted}` of one trace."""
+  t = jax.tree_util.tree_map(np.asarray, trace)
+  steps = []
+  for i in range(int(t.num_steps)):
+    steps.append({
+        "pc": int(t.pc[i]), "regs": t.regs[i].tolist(),
+        "stack": t.stack[i, :t.depth[i]].tolist(),
+        "emitted": int(t.emitted[i]) if t.emit_mask[i] else None})
+  return {"steps": steps, "output": t.output[:int(t.num_output)].tolist(),
+          "halted": bool(t.halted)}
+
+
+def trace_from_json(d: dict[str, Any], *, max_steps: int) -> Trace:
+  """A `Trace` ([S] numpy arrays) from the reference's trace dict."""
+  steps = d["steps"]
+  n = len(steps)
+  if n > max_steps:
+    raise ValueError(f"trace has {n} steps, more than max_steps={max_steps}")
+  s = max_steps
+  pc = np.zeros(s, np.int32)
+  regs = np.zeros((s, isa.NUM_REGS), np.int32)
+  stack = np.zeros((s, isa.STACK_SIZE), np.int32)
+  depth = np.zeros(s, np.int32)
+  emitted = np.zeros(s, np.int32)
+  emit_mask = np.zeros(s, bool)
+  for i, st in enumerate(steps):
+    pc[i] = st["pc"]
+    regs[i] = st["regs"]
+    depth[i] = len(st["stack"])
+    stack[i, :depth[i]] = st["stack"]
+    if st["emitted"] is not None:
+      emitted[i], emit_mask[i] = st["emitted"], True
+  out = np.zeros(s, np.int32)
+  out[:len(d["output"])] = d["output"]
+  return Trace(pc=pc, regs=regs, stack=stack, depth=depth, emitted=emitted,
+               emit_mask=emit_mask, output=out,
+               num_output=np.int32(len(d["output"])), num_steps=np.int32(n),
+               halted=np.bool_(d["halted"]), error=np.int32(0))
