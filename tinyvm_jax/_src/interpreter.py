@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tinyvm_jax._src import isa
+from tinyvm_jax._src import program as program_lib
 from tinyvm_jax._src.types import Program, Trace
 
 _WRITES = jnp.asarray(isa.WRITES_REG, jnp.int32)   # [21]
@@ -191,3 +192,39 @@ def trace_from_json(d: dict[str, Any], *, max_steps: int) -> Trace:
                emit_mask=emit_mask, output=out,
                num_output=np.int32(len(d["output"])), num_steps=np.int32(n),
                halted=np.bool_(d["halted"]), error=np.int32(0))
+
+
+class VMError(RuntimeError):
+  """A run that ended in an error (the reference raises there)."""
+
+
+def raise_for_error(trace: Trace) -> None:
+  """Raises `VMError` if any run of a (batched) trace ended in an error.
+
+  The message names the first failing row (for batches), the error, and
+  the step and instruction where it happened.
+  """
+  err = np.asarray(trace.error).reshape(-1)
+  bad = np.flatnonzero(err)
+  if not bad.size:
+    return
+  i = int(bad[0])
+  steps = int(np.asarray(trace.num_steps).reshape(-1)[i])
+  row = f"row {i}: " if np.ndim(trace.error) else ""
+  code = int(err[i])
+  where = (f"after {steps} steps" if code == isa.ERR_STEP_BUDGET else
+           f"at step {steps}")
+  more = f" ({bad.size} rows failed)" if bad.size > 1 else ""
+  raise VMError(f"{row}{isa.ERROR_MESSAGES[code]} {where}{more}")
+
+
+def execute(instructions, *, max_steps: int = 10_000) -> dict[str, Any]:
+  """Host convenience: runs a reference instruction list, returns its trace
+  dict, and raises `VMError` (or `ProgramError` for a malformed program)."""
+  prog = program_lib.from_json(instructions)
+  trace = _run_jit(prog, max_steps=max_steps)
+  raise_for_error(trace)
+  return trace_to_json(trace)
+
+
+_run_jit = jax.jit(run, static_argnames="max_steps")
