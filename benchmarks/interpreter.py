@@ -38,13 +38,16 @@ def main():
   ap.add_argument("--batch", type=int, default=65536)
   ap.add_argument("--n", type=int, default=32)
   ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--straight_line", action="store_true",
+                  help="use run(..., straight_line=True), the Tier 0/1 path")
   args = ap.parse_args()
   traces = 0
 
   def batched(programs):
     nonlocal traces
     traces += 1
-    t = jax.vmap(lambda p: run(p, max_steps=args.n + 2))(programs)
+    t = jax.vmap(lambda p: run(p, max_steps=args.n + 2,
+                                 straight_line=args.straight_line))(programs)
     return t.num_steps, t.error, t.output[:, 0]
 
   fn = jax.jit(batched)
@@ -65,6 +68,7 @@ def main():
   res = {"batch": args.batch, "n": args.n, "compile_s": round(compile_s, 3),
          "best_s": round(best, 4), "programs_per_s": round(args.batch / best, 1),
          "steps_per_s": round(total_steps / best, 1), "traces": traces,
+         "straight_line": args.straight_line,
          "device": str(jax.devices()[0].platform)}
   print(f"{args.batch} programs x {args.n + 2} steps: best {best:.3f} s, "
         f"{res['steps_per_s']:.3g} steps/s, compile {compile_s:.2f} s, "
