@@ -1,1 +1,101 @@
-from tinyvm_jax._src import isa  # placeholder until the API lands
+"""tinyvm_jax: the Tiny-VM register machine in JAX.
+
+Programs, traces and renders are pytrees of fixed-shape arrays; every
+per-example function here is pure and can be jitted and vmapped.
+"""
+
+from tinyvm_jax._src.branched import gen_branched
+from tinyvm_jax._src.generators import gen_counter
+from tinyvm_jax._src.generators import gen_register_trace
+from tinyvm_jax._src.interpreter import execute
+from tinyvm_jax._src.interpreter import raise_for_error
+from tinyvm_jax._src.interpreter import run
+from tinyvm_jax._src.interpreter import trace_from_json
+from tinyvm_jax._src.interpreter import trace_to_json
+from tinyvm_jax._src.interpreter import VMError
+from tinyvm_jax._src.isa import TOKENS
+from tinyvm_jax._src.isa import VOCAB_SIZE
+from tinyvm_jax._src.keys import key_to_seed
+from tinyvm_jax._src.keys import row_key
+from tinyvm_jax._src.keys import seed_to_key
+from tinyvm_jax._src.program import decode
+from tinyvm_jax._src.program import encode
+from tinyvm_jax._src.program import from_json
+from tinyvm_jax._src.program import ProgramError
+from tinyvm_jax._src.program import to_json
+from tinyvm_jax._src.render import encode_program
+from tinyvm_jax._src.render import max_render_lengths
+from tinyvm_jax._src.render import render
+from tinyvm_jax._src.render import render_cot
+from tinyvm_jax._src.render import render_direct
+from tinyvm_jax._src.render import render_probe_query
+from tinyvm_jax._src.render import RENDER_NAMES
+from tinyvm_jax._src.sampling import Batch
+from tinyvm_jax._src.sampling import sample_batch
+from tinyvm_jax._src.score import score
+from tinyvm_jax._src.score import score_output
+from tinyvm_jax._src.text import detokenize
+from tinyvm_jax._src.text import detokenize_batch
+from tinyvm_jax._src.tiers import build
+from tinyvm_jax._src.tiers import generate
+from tinyvm_jax._src.tiers import get_tier
+from tinyvm_jax._src.tiers import Tier
+from tinyvm_jax._src.tiers import TIERS
+from tinyvm_jax._src.types import Program
+from tinyvm_jax._src.types import Render
+from tinyvm_jax._src.types import Rows
+from tinyvm_jax._src.types import Tokens
+from tinyvm_jax._src.types import Trace
+from tinyvm_jax._src.validate import check
+from tinyvm_jax._src.validate import Issue
+from tinyvm_jax._src.validate import validate
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "Batch",
+    "Issue",
+    "Program",
+    "ProgramError",
+    "RENDER_NAMES",
+    "Render",
+    "Rows",
+    "TIERS",
+    "TOKENS",
+    "Tier",
+    "Tokens",
+    "Trace",
+    "VMError",
+    "VOCAB_SIZE",
+    "build",
+    "check",
+    "decode",
+    "detokenize",
+    "detokenize_batch",
+    "encode",
+    "encode_program",
+    "execute",
+    "from_json",
+    "gen_branched",
+    "gen_counter",
+    "gen_register_trace",
+    "generate",
+    "get_tier",
+    "key_to_seed",
+    "max_render_lengths",
+    "raise_for_error",
+    "render",
+    "render_cot",
+    "render_direct",
+    "render_probe_query",
+    "row_key",
+    "run",
+    "sample_batch",
+    "score",
+    "score_output",
+    "seed_to_key",
+    "to_json",
+    "trace_from_json",
+    "trace_to_json",
+    "validate",
+)
