@@ -34,6 +34,13 @@ from tinyvm_jax._src.sampling import Batch
 from tinyvm_jax._src.sampling import sample_batch
 from tinyvm_jax._src.score import score
 from tinyvm_jax._src.score import score_output
+from tinyvm_jax._src.soft import harden
+from tinyvm_jax._src.soft import program_from_soft
+from tinyvm_jax._src.soft import soft_from_logits
+from tinyvm_jax._src.soft import soft_from_program
+from tinyvm_jax._src.soft import soft_run
+from tinyvm_jax._src.soft import SoftProgram
+from tinyvm_jax._src.soft import SoftTrace
 from tinyvm_jax._src.text import detokenize
 from tinyvm_jax._src.text import detokenize_batch
 from tinyvm_jax._src.tiers import build
@@ -46,6 +53,10 @@ from tinyvm_jax._src.types import Render
 from tinyvm_jax._src.types import Rows
 from tinyvm_jax._src.types import Tokens
 from tinyvm_jax._src.types import Trace
+from tinyvm_jax._src.userop import DEFAULT_USEROPS
+from tinyvm_jax._src.userop import generate_userop_rows
+from tinyvm_jax._src.userop import substitute
+from tinyvm_jax._src.userop import UserOp
 from tinyvm_jax._src.validate import check
 from tinyvm_jax._src.validate import Issue
 from tinyvm_jax._src.validate import validate
@@ -54,17 +65,21 @@ __version__ = "0.1.0"
 
 __all__ = (
     "Batch",
+    "DEFAULT_USEROPS",
     "Issue",
     "Program",
     "ProgramError",
     "RENDER_NAMES",
     "Render",
     "Rows",
+    "SoftProgram",
+    "SoftTrace",
     "TIERS",
     "TOKENS",
     "Tier",
     "Tokens",
     "Trace",
+    "UserOp",
     "VMError",
     "VOCAB_SIZE",
     "build",
@@ -80,9 +95,12 @@ __all__ = (
     "gen_counter",
     "gen_register_trace",
     "generate",
+    "generate_userop_rows",
     "get_tier",
+    "harden",
     "key_to_seed",
     "max_render_lengths",
+    "program_from_soft",
     "raise_for_error",
     "render",
     "render_cot",
@@ -94,6 +112,10 @@ __all__ = (
     "score",
     "score_output",
     "seed_to_key",
+    "soft_from_logits",
+    "soft_from_program",
+    "soft_run",
+    "substitute",
     "to_json",
     "trace_from_json",
     "trace_to_json",
