@@ -1,0 +1,177 @@
+"""Emit benchmark: wall time, bytes on disk and peak memory per format.
+
+Runs `python -m tinyvm_jax.emit` in a fresh subprocess for each format alone
+and for all formats together (each into its own empty directory), then
+`python -m tinyvm_jax.verify --dataset` on the all-formats output. Peak
+memory and CPU time are each child's own (`os.wait4` rusage: ru_maxrss,
+ru_utime + ru_stime). Prints a line a run and ends with one JSON line.
+
+  python benchmarks/emit.py --tier=tier1                  # reference sizes
+  python benchmarks/emit.py --tier=tier1 --train_size=20000 --eval_size=2000
+  python benchmarks/emit.py --codecs                      # zarr codec choice
+
+`--codecs` measures zarr compression instead: Tier 1 rows (train and
+eval len_128) written with each candidate codec; bytes and write time.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REFERENCE = {"tier1": {"jsonl_seconds": 392.0, "jsonl_bytes": 1.9e9},
+             "tier0": {"jsonl_seconds": 38.0}}
+
+
+def _size(path: Path) -> int:
+  return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _run(cmd: list[str]) -> dict:
+  """Runs a child; its wall time, CPU time and peak RSS (its own rusage,
+  from `os.wait4`), and its last stdout line."""
+  with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out.seek(0)
+    err.seek(0)
+    text = out.read().decode().strip()
+    if proc.returncode:
+      sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n"
+               f"{err.read().decode()}")
+  return {"seconds": round(wall, 2),
+          "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+          "peak_rss_bytes": usage.ru_maxrss * 1024,
+          "line": text.splitlines()[-1] if text else ""}
+
+
+def bench_formats(args) -> dict:
+  root = Path(args.out or tempfile.mkdtemp(prefix="tinyvm-bench-"))
+  overrides = []
+  if args.train_size is not None:
+    overrides.append(f"--config.train_size={args.train_size}")
+  if args.eval_size is not None:
+    overrides.append(f"--config.eval_size={args.eval_size}")
+  cache = ["--compile_cache=" + args.compile_cache] if (
+      args.compile_cache is not None) else []
+  results = {}
+  runs = [[f] for f in ("zarr", "parquet", "jsonl")] + [
+      ["zarr", "jsonl", "parquet"]]
+  if args.warm:  # fill the compilation cache first, untimed
+    warm_dir = root / "warm"
+    _run([sys.executable, "-m", "tinyvm_jax.emit", f"--tier={args.tier}",
+          f"--out={warm_dir}", "--formats=zarr"] + overrides + cache)
+    shutil.rmtree(warm_dir)
+  for formats in runs:
+    name = "+".join(formats) if len(formats) > 1 else formats[0]
+    out = root / name
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "tinyvm_jax.emit", f"--tier={args.tier}",
+           f"--out={out}", f"--seed={args.seed}",
+           f"--formats={','.join(formats)}"] + overrides + cache
+    r = _run(cmd)
+    r["bytes"] = _size(out / args.tier)
+    results[name] = r
+    print(f"{name:>20}: {r['seconds']:7.1f} s ({r['cpu_seconds']:6.1f} s "
+          f"CPU)  {r['bytes'] / 1e6:9.1f} MB  peak RSS "
+          f"{r['peak_rss_bytes'] / 1e6:6.0f} MB   [{r['line']}]", flush=True)
+  out = root / "zarr+jsonl+parquet"
+  r = _run([sys.executable, "-m", "tinyvm_jax.verify",
+            f"--dataset={out / args.tier}"])
+  results["verify_dataset"] = r
+  print(f"{'verify --dataset':>20}: {r['seconds']:7.1f} s "
+        f"({r['cpu_seconds']:6.1f} s CPU)  peak RSS {r['peak_rss_bytes'] / 1e6:6.0f} MB   "
+        f"[{r['line']}]", flush=True)
+  if not args.keep:
+    shutil.rmtree(root)
+  ref = REFERENCE.get(args.tier, {})
+  summary = {"tier": args.tier, "load_average": os.getloadavg(),
+             "train_size": args.train_size,
+             "eval_size": args.eval_size, "runs": results,
+             "reference": ref}
+  if "jsonl_seconds" in ref:
+    summary["speedup_all_formats_vs_reference_jsonl"] = round(
+        ref["jsonl_seconds"] / results["zarr+jsonl+parquet"]["seconds"], 1)
+  return summary
+
+
+# ---------------------------------------------------------------- codecs
+CODECS = ("none", "zstd:1", "zstd:3", "zstd:9", "blosc:lz4:5",
+          "blosc:zstd:1", "blosc:zstd:3", "blosc:zstd:5")
+
+
+def bench_codecs(args) -> dict:
+  import tensorstore as ts
+  from tinyvm_jax._src import pipeline
+  from tinyvm_jax._src import zarr_store
+  plan = pipeline.make_plan(
+      tier="tier1", seed_base=0, train_size=args.codec_rows,
+      eval_size=args.codec_rows, renders=("direct",), formats=("zarr",),
+      batch_size=4096, vmap_rows=256, part_rows=16384, chunk_rows=1024)
+  samples = {}
+  for sp in (plan.splits[0], plan.splits[-1]):  # train and len_128
+    rows = pipeline.generate_rows(plan, sp, 0, sp.num_rows)
+    samples[sp.name] = zarr_store.rows_to_arrays(rows)
+  raw = sum(a.nbytes for s in samples.values() for a in s.values())
+  results = {}
+  for spec in CODECS:
+    codec = zarr_store.parse_codec(spec)
+    tmp = Path(tempfile.mkdtemp(prefix="tinyvm-codec-"))
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    for group, arrays in samples.items():
+      n = next(iter(arrays.values())).shape[0]
+      w = zarr_store.GroupWriter(tmp, group, n, arrays, part_rows=16384,
+                                 chunk_rows=1024, codec=codec)
+      for lo in range(0, n, 16384):
+        w.write(lo, {k: v[lo:lo + 16384] for k, v in arrays.items()})
+        w.commit_part()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    size = _size(tmp)
+    t0 = time.perf_counter()
+    for group, arrays in samples.items():
+      for name in arrays:
+        ts.open({"driver": "zarr3", "kvstore": {
+            "driver": "file", "path": str(tmp / group / name) + "/"}}
+                ).result().read().result()
+    read = time.perf_counter() - t0
+    shutil.rmtree(tmp)
+    results[spec] = {"bytes": size, "ratio": round(raw / size, 1),
+                     "write_s": round(wall, 2), "write_cpu_s": round(cpu, 2),
+                     "read_s": round(read, 2)}
+    print(f"{spec:>14}: {size / 1e6:8.2f} MB (x{raw / size:5.1f})  write "
+          f"{wall:5.2f} s ({cpu:5.2f} s CPU)  read {read:5.2f} s", flush=True)
+  return {"rows_per_split": args.codec_rows, "raw_bytes": raw,
+          "codecs": results}
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--tier", default="tier1")
+  ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--train_size", type=int, default=None)
+  ap.add_argument("--eval_size", type=int, default=None)
+  ap.add_argument("--out", default=None, help="keep outputs here")
+  ap.add_argument("--keep", action="store_true", help="keep the outputs")
+  ap.add_argument("--warm", action="store_true",
+                  help="fill the compilation cache before timing")
+  ap.add_argument("--compile_cache", default=None,
+                  help="passed to emit ('' disables the cache)")
+  ap.add_argument("--codecs", action="store_true",
+                  help="measure zarr codecs instead")
+  ap.add_argument("--codec_rows", type=int, default=20000)
+  args = ap.parse_args()
+  summary = bench_codecs(args) if args.codecs else bench_formats(args)
+  print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+  main()

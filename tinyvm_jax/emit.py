@@ -1,0 +1,266 @@
+r"""Emits a Tiny-VM dataset: `python -m tinyvm_jax.emit`.
+
+  python -m tinyvm_jax.emit --tier=tier1 --out=DIR [--seed=0] \
+      [--device=cpu|gpu|tpu] [--formats=zarr,jsonl,parquet] \
+      [--config.train_size=1000 --config.eval_size=100 ...]
+
+Settings come from `configs/<tier>.py` (the reference's sizes), or the file
+given by `--config`; any field can be overridden with `--config.<field>=`.
+Writes `DIR/<tier>/` (train.jsonl, eval/<bucket>.jsonl; rows.zarr;
+data/*.parquet with README.md) and `manifest.json` last, replacing the
+dataset files an earlier emit left there. An interrupted emit leaves no
+manifest; running the same command again resumes it.
+"""
+
+import importlib.util
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from absl import app
+from absl import flags
+
+from tinyvm_jax._src import pipeline
+
+_TIERS = ("tier0", "tier1")
+_DEVICES = ("cpu", "gpu", "tpu")
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("tier", None, f"Tier to emit: one of {', '.join(_TIERS)}.")
+flags.DEFINE_string("out", None, "Output root; files go to OUT/<tier>/.")
+flags.DEFINE_integer("seed", 0, "Seed base of the dataset (0 <= seed < 2**64).",
+                     lower_bound=0)
+flags.DEFINE_enum("device", None, _DEVICES,
+                  "Device to generate on (default: JAX's default device).")
+flags.DEFINE_list("formats", ["zarr", "jsonl", "parquet"],
+                  "Formats to write, comma-separated: zarr, jsonl, parquet.")
+flags.DEFINE_string(
+    "compile_cache", None, "Directory of JAX's persistent compilation cache "
+    "(default ~/.cache/tinyvm_jax/jax; '' to disable).")
+flags.DEFINE_bool("progress", None,
+                  "Show a progress bar (default: when stderr is a terminal).")
+
+
+class UserError(Exception):
+  """An error of the user's making: printed as one line, exit status 2."""
+
+
+def _fail(msg: str, code: int = 2):
+  print(f"emit: error: {msg}", file=sys.stderr)
+  sys.exit(code)
+
+
+def _tier_arg(argv) -> str | None:
+  for i, a in enumerate(argv[1:], start=1):
+    if a.startswith("--tier="):
+      return a.split("=", 1)[1]
+    if a == "--tier" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _define_config(argv) -> None:
+  """Defines --config with the default configs/<tier>.py (so that
+  --config.<field> overrides parse)."""
+  from ml_collections import config_flags
+  tier = _tier_arg(argv)
+  default = None
+  if tier in _TIERS and (CONFIG_DIR / f"{tier}.py").is_file():
+    default = str(CONFIG_DIR / f"{tier}.py")
+  config_flags.DEFINE_config_file(
+      "config", default, "Settings file (default configs/<tier>.py); "
+      "override fields with --config.<field>=value.", lock_config=True)
+
+
+def _parse_flags(argv):
+  """absl flags parser: one clear line and exit 2 on a bad flag."""
+  tier = _tier_arg(argv)
+  if tier is None and not any(a in ("--help", "--helpfull", "--helpshort",
+                                    "-h", "-?") for a in argv[1:]):
+    _fail(f"--tier is required: one of {', '.join(_TIERS)}")
+  if tier is not None and tier not in _TIERS:
+    _fail(f"unknown tier {tier!r}; expected one of {', '.join(_TIERS)}")
+  try:
+    _define_config(argv)
+    rest = FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0])
+  except (KeyError, AttributeError) as e:  # an override of no field
+    field = str(e.args[0] if e.args else e).strip("'\"")
+    _fail(f"--config.{field}: no such field in the config "
+          f"(configs/{tier}.py)")
+  except Exception as e:  # a config file that does not load
+    msg = str(e).splitlines()[0] if str(e) else ""
+    _fail(f"cannot load the config: {type(e).__name__}: {msg}")
+  if len(rest) > 1:
+    _fail(f"unexpected arguments: {' '.join(rest[1:])}")
+  try:  # config_flags loads lazily: surface a bad file here
+    if FLAGS.config is not None:
+      FLAGS.config.to_dict()
+  except Exception as e:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    _fail(f"cannot load the config: {lines[-1] if lines else type(e).__name__}")
+  return rest
+
+
+def _select_device(name: str | None):
+  import jax
+  if name is None:
+    return jax.devices()[0]
+  try:
+    return jax.devices(name)[0]
+  except RuntimeError:
+    present = sorted({d.platform for d in jax.devices()})
+    raise UserError(f"--device={name}: no {name.upper()} is available to JAX "
+                    f"on this machine (present: {', '.join(present)})"
+                    ) from None
+
+
+def _check_out(out: str) -> Path:
+  path = Path(out)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".tinyvm-write-test-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+  except OSError as e:
+    raise UserError(f"cannot write to --out={out}: {e.strerror or e}"
+                    ) from None
+  return path
+
+
+def _human(n: float) -> str:
+  for unit in ("B", "KB", "MB", "GB"):
+    if n < 1000 or unit == "GB":
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    n /= 1000
+  return f"{n:.1f} GB"
+
+
+class _Bar:
+  """A one-line progress bar on stderr: rows, rows/s, ETA."""
+
+  def __init__(self, label: str, enabled: bool):
+    self.label, self.enabled = label, enabled
+    self.t0 = time.perf_counter()
+    self.last = 0.0
+    self.first = None
+
+  def __call__(self, done: int, total: int) -> None:
+    if not self.enabled:
+      return
+    now = time.perf_counter()
+    if self.first is None:
+      self.first = (now, done)
+    if now - self.last < 0.2 and done < total:
+      return
+    self.last = now
+    t, d = self.first
+    rate = (done - d) / (now - t) if now > t else 0.0
+    eta = (total - done) / rate if rate > 0 else float("nan")
+    eta_s = f"ETA {eta:4.0f} s" if eta == eta else "ETA    ?"
+    sys.stderr.write(f"\r{self.label}: {done:>10,}/{total:,} rows "
+                     f"{rate:>9,.0f} rows/s  {eta_s} ")
+    sys.stderr.flush()
+
+  def close(self) -> None:
+    if self.enabled and self.first is not None:
+      sys.stderr.write("\n")
+      sys.stderr.flush()
+
+
+def _settings():
+  """(plan kwargs, config dict) from the loaded config and flags."""
+  cfg = FLAGS.config
+  if cfg is None:
+    raise UserError(f"no config: configs/{FLAGS.tier}.py not found next to "
+                    f"the package ({CONFIG_DIR}); pass --config=PATH")
+  d = cfg.to_dict()
+  known = {"tier", "train_size", "eval_size", "renders", "batch_size",
+           "vmap_rows", "part_rows", "chunk_rows", "zarr_codec"}
+  missing = sorted(known - set(d))
+  if missing:
+    raise UserError(f"config lacks fields {missing}")
+  if d["tier"] != FLAGS.tier:
+    raise UserError(f"the config is for {d['tier']!r} but --tier="
+                    f"{FLAGS.tier}")
+  renders = d["renders"]
+  if isinstance(renders, str):
+    renders = [r.strip() for r in renders.split(",") if r.strip()]
+  kwargs = dict(tier=FLAGS.tier, seed_base=FLAGS.seed,
+                train_size=d["train_size"], eval_size=d["eval_size"],
+                renders=tuple(renders), formats=tuple(FLAGS.formats),
+                batch_size=d["batch_size"], vmap_rows=d["vmap_rows"],
+                part_rows=d["part_rows"], chunk_rows=d["chunk_rows"],
+                codec=d["zarr_codec"])
+  return kwargs, d
+
+
+def _auto_sizes(kwargs: dict, platform: str) -> dict:
+  """Fills batch_size / vmap_rows of 0 with the device's defaults: on a CPU
+  small vectorised blocks (cache-sized) in large calls; on an accelerator
+  one wide block."""
+  batch, vmap = (2048, 256) if platform == "cpu" else (16384, 16384)
+  out = dict(kwargs)
+  if out["batch_size"] == 0:
+    out["batch_size"] = batch
+  if out["vmap_rows"] == 0:
+    out["vmap_rows"] = min(vmap, out["batch_size"])
+  return out
+
+
+def main(argv) -> int:
+  del argv
+  logging.getLogger("jax").setLevel(logging.WARNING)
+  try:
+    if FLAGS.out is None:
+      raise UserError("--out is required")
+    kwargs, config = _settings()
+    device = _select_device(FLAGS.device)
+    plan = pipeline.make_plan(**_auto_sizes(kwargs, device.platform))
+    if ("parquet" in plan.formats
+        and importlib.util.find_spec("pyarrow") is None):
+      raise UserError("--formats=parquet needs pyarrow: pip install "
+                      "'tinyvm_jax[parquet]' (or leave parquet out)")
+    out = _check_out(FLAGS.out)
+  except (UserError, pipeline.EmitError) as e:
+    _fail(str(e))
+  pipeline.enable_compile_cache(pipeline.default_compile_cache()
+                                if FLAGS.compile_cache is None
+                                else FLAGS.compile_cache)
+  show = FLAGS.progress if FLAGS.progress is not None else sys.stderr.isatty()
+  bar = _Bar(plan.tier.name, show)
+  note = lambda s: print(f"emit: {s}", file=sys.stderr)
+  try:
+    result = pipeline.run(plan, out, device=device, config=config,
+                          on_progress=bar, log=note)
+  except KeyboardInterrupt:
+    bar.close()
+    _fail("interrupted; run the same command again to resume", 130)
+  except pipeline.EmitError as e:
+    bar.close()
+    _fail(str(e), 1)
+  except OSError as e:
+    bar.close()
+    _fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "), 1)
+  bar.close()
+  sizes = ", ".join(f"{f} {_human(result.bytes_by_format.get(f, 0))}"
+                    for f in plan.formats)
+  rate = result.generated / result.seconds if result.seconds else 0.0
+  resumed = f", resumed ({result.generated:,} rows generated)" if (
+      result.resumed) else ""
+  print(f"{plan.tier.name}: {result.rows:,} rows in {result.seconds:.1f} s "
+        f"({rate:,.0f} rows/s) on {device.platform}{resumed}; {sizes} -> "
+        f"{result.tier_dir}")
+  return 0
+
+
+def run() -> None:
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()
