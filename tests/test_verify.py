@@ -1,6 +1,7 @@
 """verify: manifest checks (flipped byte, truncation, missing and extra
 files), replay and rebuild of JSONL, Parquet and zarr, exit statuses."""
 
+import gzip
 import json
 import shutil
 import subprocess
@@ -254,3 +255,19 @@ def test_cli_usage_errors_are_one_line(args, needle):
   lines = r.stderr.strip().splitlines()
   assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
   assert lines[0].startswith("verify: error: ") and needle in lines[0]
+
+
+# ------------------------------------------------------------ Tier 4 rows
+def test_replay_userop_rows_and_a_corrupted_one(tmp_path):
+  src = ROOT / "tests" / "data" / "userop_double.jsonl.gz"
+  assert _replay(src).status == 0
+  with gzip.open(src, "rt") as f:
+    lines = f.readlines()[:5]
+  row = json.loads(lines[2])
+  row["renders"]["userop_direct"]["target_ids"][1] += 1
+  lines[2] = json.dumps(row, separators=(",", ":")) + "\n"
+  bad = tmp_path / "userop.jsonl"
+  bad.write_text("".join(lines))
+  res = _cli("--replay", str(bad))
+  assert res.returncode == 1
+  assert f"{bad}:3: renders.userop_direct" in res.stdout + res.stderr

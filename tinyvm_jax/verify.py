@@ -41,6 +41,7 @@ from tinyvm_jax._src import pipeline
 from tinyvm_jax._src import program as program_lib
 from tinyvm_jax._src import replay
 from tinyvm_jax._src import tiers
+from tinyvm_jax._src import userop
 from tinyvm_jax._src import zarr_store
 from tinyvm_jax._src.types import Rows
 
@@ -281,13 +282,22 @@ def _replay_rows(name: str, rows: Iterator, report: Report, *,
     for item in it:
       counted[0] += 1
       yield item
-  rebuilder = _Rebuilder(batch_size) if rebuild else None
   source = count(rows)
-  if rebuilder is not None:
-    source = rebuilder.feed(source)
   try:
-    for m in replay.check_rows(source, rebuild=rebuilder,
-                               batch_size=batch_size):
+    # A file holds one kind of row: Tier 4 userop rows have their own layout.
+    first = next(source, None)
+    source = itertools.chain([first] if first is not None else [], source)
+    meta = first[1].get("meta") if first and isinstance(first[1], dict) else None
+    if isinstance(meta, dict) and meta.get("tier") == userop.TIER:
+      mismatches = userop.check_userop_rows(source, rebuild=rebuild,
+                                            batch_size=batch_size)
+    else:
+      rebuilder = _Rebuilder(batch_size) if rebuild else None
+      if rebuilder is not None:
+        source = rebuilder.feed(source)
+      mismatches = replay.check_rows(source, rebuild=rebuilder,
+                                     batch_size=batch_size)
+    for m in mismatches:
       report.problem(f"{name}:{m.line}: {m.field}: {m.detail}")
   except loaders.RowError as e:
     report.bad_input(str(e))
