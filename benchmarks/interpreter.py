@@ -1,14 +1,20 @@
 """Benchmark: the exact interpreter on a jitted batch of Tier 1-sized programs.
 
-Runs `vmap(run)` under `jit` on B random straight-line programs of the Tier 1
-shape (n fill instructions, PRINT, HALT; P = S = n + 2), checks that the
-second call does not retrace, and reports executed steps per second.
+Runs a vmapped runner under `jit` on B random straight-line programs of the
+Tier 1 shape (n fill instructions, PRINT, HALT; P = S = n + 2), checks that
+the second call does not retrace, and reports executed steps per second and
+per CPU-second of this process. `--runner`: `run` (the general machine),
+`run_scan_in_order` (`run(..., straight_line=True)`) or `straight_line`
+(`run_straight_line`, the Tier 0/1 fast path).
 
   python benchmarks/interpreter.py --batch=65536 --n=32
+  python benchmarks/interpreter.py --batch=8192 --runner=straight_line
 """
 
 import argparse
+import functools
 import json
+import os
 import time
 
 import jax
@@ -16,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tinyvm_jax._src import isa
-from tinyvm_jax._src.interpreter import run
+from tinyvm_jax._src.interpreter import run, run_straight_line
 from tinyvm_jax._src.types import Program
 
 
@@ -38,17 +44,19 @@ def main():
   ap.add_argument("--batch", type=int, default=65536)
   ap.add_argument("--n", type=int, default=32)
   ap.add_argument("--repeats", type=int, default=5)
-  ap.add_argument("--straight_line", action="store_true",
-                  help="use run(..., straight_line=True), the Tier 0/1 path")
+  ap.add_argument("--runner", default="run",
+                  choices=["run", "run_scan_in_order", "straight_line"])
   args = ap.parse_args()
   traces = 0
+  runner = {"run": run,
+            "run_scan_in_order": functools.partial(run, straight_line=True),
+            "straight_line": run_straight_line}[args.runner]
 
   def batched(programs):
     nonlocal traces
     traces += 1
-    t = jax.vmap(lambda p: run(p, max_steps=args.n + 2,
-                                 straight_line=args.straight_line))(programs)
-    return t.num_steps, t.error, t.output[:, 0]
+    t = jax.vmap(lambda p: runner(p, max_steps=args.n + 2))(programs)
+    return t.num_steps, t.error, t.output[:, 0], t.regs
 
   fn = jax.jit(batched)
   progs = jax.device_put(random_programs(np.random.default_rng(0), args.batch,
@@ -56,23 +64,27 @@ def main():
   t0 = time.perf_counter()
   jax.block_until_ready(fn(progs))
   compile_s = time.perf_counter() - t0
-  times = []
+  times, cpu = [], []
   for _ in range(args.repeats):
-    t0 = time.perf_counter()
-    steps, err, _ = jax.block_until_ready(fn(progs))
+    t0, c0 = time.perf_counter(), time.process_time()
+    steps, err, _, _ = jax.block_until_ready(fn(progs))
     times.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
   assert traces == 1, f"retraced: {traces} traces"
   assert int(jnp.max(err)) == 0
   best = min(times)
   total_steps = int(jnp.sum(steps))
   res = {"batch": args.batch, "n": args.n, "compile_s": round(compile_s, 3),
          "best_s": round(best, 4), "programs_per_s": round(args.batch / best, 1),
-         "steps_per_s": round(total_steps / best, 1), "traces": traces,
-         "straight_line": args.straight_line,
+         "steps_per_s": round(total_steps / best, 1),
+         "cpu_us_per_program": round(1e6 * min(cpu) / args.batch, 3),
+         "traces": traces, "runner": args.runner,
+         "load_avg_1min": round(os.getloadavg()[0], 2),
          "device": str(jax.devices()[0].platform)}
-  print(f"{args.batch} programs x {args.n + 2} steps: best {best:.3f} s, "
-        f"{res['steps_per_s']:.3g} steps/s, compile {compile_s:.2f} s, "
-        f"traces {traces}")
+  print(f"{args.batch} programs x {args.n + 2} steps ({args.runner}): best "
+        f"{best:.3f} s, {res['steps_per_s']:.3g} steps/s, "
+        f"{res['cpu_us_per_program']} CPU us/program, compile "
+        f"{compile_s:.2f} s, traces {traces}")
   print(json.dumps(res))
 
 

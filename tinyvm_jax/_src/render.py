@@ -10,6 +10,11 @@ and a validity bit. The slots are flattened in reading order and `compact`
 moves the valid ones to the front of a PAD-filled array of static length `T`.
 The true count is returned as `length`; `length > T` means the render did not
 fit (the tokens past `T` are dropped) and is for the host to check.
+
+Programs without labels (Tier 0/1; `render_direct(..., label_digits=0)`)
+take the *plain layout*, a dozen times cheaper on a CPU and equal token for
+token: each instruction's tokens are built already compacted in a short
+window, and the windows are added into place (see `place_windows`).
 """
 
 import functools
@@ -161,12 +166,192 @@ def output_slots(trace: Trace) -> tuple[jax.Array, jax.Array]:
   return toks, mask & (jnp.arange(s) < trace.num_output)[:, None]
 
 
+# ------------------------------------------------------------- plain layout
+# Programs without labels (Tier 0/1) render through a cheaper path: each
+# instruction's tokens are laid out already compacted in a window of
+# `plain_width(literal_digits)` slots (zeros after its `count` tokens), and
+# the windows are added into the output at their offsets (a scatter-add of
+# P windows instead of a scatter of P * INSTRUCTION_SLOTS slots). Windows
+# only overlap in their zero tails, so the sum is exact and order-free.
+
+
+def plain_width(literal_digits: int) -> int:
+  """Slots of one instruction's window in the plain layout: OP, the
+  operands (registers, or a register and MINUS + digits), NEWLINE."""
+  operands = max(int(r) + int(n) * (1 + literal_digits)
+                 for r, n in zip(isa.N_REGS, isa.N_LITS))
+  return 1 + operands + 1
+
+
+def _digits(a: jax.Array, n: jax.Array, i) -> jax.Array:
+  """Digit `i` (0: most significant) of `a` >= 0 written with `n` digits
+  (`i` static or traced, 0 <= i < n <= 4); constant divisors only."""
+  k = n - 1 - i                        # power of ten of the digit
+  return jnp.where(k == 0, a % 10, jnp.where(
+      k == 1, (a // 10) % 10, jnp.where(k == 2, (a // 100) % 10,
+                                        (a // 1000) % 10)))
+
+
+def _num_digits(a: jax.Array) -> jax.Array:
+  """Decimal digits of `a` >= 0 (1 for 0), up to 4."""
+  return (1 + (a >= 10).astype(jnp.int32) + (a >= 100).astype(jnp.int32)
+          + (a >= 1000).astype(jnp.int32))
+
+
+def _number_window(value: jax.Array, j: jax.Array, first: jax.Array
+                   ) -> jax.Array:
+  """Token `j - first` of a number's `MINUS? digits` (0 outside them)."""
+  a = jnp.abs(value)
+  neg = (value < 0).astype(jnp.int32)
+  n = _num_digits(a)
+  k = j - first
+  i = k - neg
+  tok = jnp.where(k < neg, isa.TOK_MINUS,
+                  isa.TOK_DIGIT0 + _digits(a, n, jnp.clip(i, 0, 3)))
+  return jnp.where((k >= 0) & (i < n), tok, 0)
+
+
+@functools.cache
+def _literal_table(literal_digits: int) -> np.ndarray:
+  """[2 * 10**d - 1] int32: the tokens `MINUS? digits` of every literal v
+  with at most d digits (at index v + 10**d - 1), 6 bits a token, first
+  token lowest."""
+  hi = 10 ** literal_digits - 1
+  out = np.zeros(2 * hi + 1, np.int64)
+  for v in range(-hi, hi + 1):
+    toks = ([isa.TOK_MINUS] if v < 0 else []) + [
+        isa.TOK_DIGIT0 + int(c) for c in str(abs(v))]
+    out[v + hi] = sum(t << (6 * k) for k, t in enumerate(toks))
+  assert out.max() < 2 ** 31
+  return out.astype(np.int32)
+
+
+def plain_instruction_windows(program: Program, *, literal_digits: int
+                              ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Every instruction's tokens, compacted, in the plain layout.
+
+  Args:
+    program: one `Program` ([P] arrays) without labels.
+    literal_digits: static, the most digits of a LOAD literal (1..4).
+
+  Returns:
+    toks [P, W] int32 (0 after each instruction's tokens), count [P] int32
+    (0 at or after `program.length`), and ok [] bool: the program keeps the
+    promise (no label defined or named, literals within `literal_digits`).
+  """
+  p = program.op.shape[-1]
+  w = plain_width(literal_digits)
+  hi = 10 ** literal_digits - 1
+  op = jnp.clip(program.op, 0, isa.NUM_OPS - 1)[:, None]            # [P, 1]
+  nregs = jnp.asarray(isa.N_REGS)[op]
+  has_lit = jnp.asarray(isa.N_LITS)[op] > 0
+  lit = program.lit[:, None]
+  nlit = jnp.where(has_lit, (lit < 0).astype(jnp.int32)
+                   + _num_digits(jnp.abs(lit)), 0)
+  # the literal's tokens, packed 6 bits each, from a table
+  packed = jnp.asarray(_literal_table(literal_digits))[
+      jnp.clip(lit, -hi, hi) + hi]
+  j = np.arange(w)[None, :]                                         # [1, W]
+  k = j - 1 - nregs                      # token k of the literal at slot j
+  r = program.regs
+  reg = isa.TOK_R0 + jnp.where(j == 1, r[:, :1], jnp.where(j == 2, r[:, 1:2],
+                                                           r[:, 2:3]))
+  toks = jnp.where(
+      j == 0, jnp.asarray(isa.OP_TOKEN)[op], jnp.where(
+          j <= nregs, reg, jnp.where(
+              k < nlit, (packed >> (6 * jnp.clip(k, 0, literal_digits))) & 63,
+              jnp.where(k == nlit, isa.TOK_NEWLINE, 0))))
+  live = jnp.arange(p) < program.length
+  count = jnp.where(live, 2 + nregs[:, 0] + nlit[:, 0], 0)
+  ok = ~jnp.any(live & ((program.label >= 0) | (program.target_label >= 0)))
+  ok &= ~jnp.any(live & has_lit[:, 0] & (jnp.abs(program.lit) > hi))
+  return jnp.where(live[:, None], toks, 0), count, ok
+
+
+def place_windows(windows: jax.Array, count: jax.Array, size: int, *,
+                  bos: bool = True, eos: bool = True) -> Tokens:
+  """`BOS? + windows' tokens in order + EOS?` in a PAD-filled array.
+
+  Args:
+    windows: [N, W] int32, each row's tokens first, then zeros.
+    count: [N] int32, the number of tokens of each row.
+    size: static length `T`.
+
+  Returns:
+    `Tokens` ([T] ids; tokens past `T` dropped, `length` the true count).
+  """
+  w = windows.shape[-1]
+  end = jnp.cumsum(count, dtype=jnp.int32)
+  start = int(bos) + end - count
+  total = end[-1] if count.shape[0] else jnp.int32(0)
+  dims = jax.lax.ScatterDimensionNumbers(
+      update_window_dims=(1,), inserted_window_dims=(),
+      scatter_dims_to_operand_dims=(0,))
+  body = jax.lax.scatter_add(
+      jnp.zeros(size + w, jnp.int32), jnp.minimum(start, size)[:, None],
+      windows.astype(jnp.int32), dims, indices_are_sorted=True,
+      unique_indices=False, mode="promise_in_bounds")[:size]
+  t = jnp.arange(size)
+  last = int(bos) + total                    # one past the body
+  ids = jnp.where(t < last, body, isa.TOK_PAD)
+  if bos:
+    ids = jnp.where(t == 0, isa.TOK_BOS, ids)
+  if eos:
+    ids = jnp.where(t == last, isa.TOK_EOS, ids)
+  return Tokens(ids=ids, length=last + int(eos))
+
+
+def plain_output_windows(trace: Trace, count: int
+                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The first `count` output values as windows `MINUS? digits NEWLINE`.
+
+  Returns:
+    windows [count, OUTPUT_SLOTS] int32, their token counts [count], and
+    the token count of the whole output stream [] (every value counted).
+  """
+  s = trace.output.shape[0]
+  live = jnp.arange(s) < trace.num_output
+  sizes = jnp.where(live, (trace.output < 0).astype(jnp.int32)
+                    + _num_digits(jnp.abs(trace.output)) + 1, 0)     # [S]
+  v = trace.output[:count, None]
+  n = sizes[:count, None]
+  j = np.arange(OUTPUT_SLOTS)[None, :]
+  win = jnp.where(j == n - 1, isa.TOK_NEWLINE, _number_window(v, j, 0))
+  win = jnp.where(j < n, win, 0)
+  return win, sizes[:count], sizes.sum(dtype=jnp.int32)
+
+
+def _plain_direct(program: Program, trace: Trace, *, literal_digits: int,
+                  max_input_len: int, max_target_len: int) -> Render:
+  """`render_direct` in the plain layout (no labels)."""
+  win, count, ok = plain_instruction_windows(program,
+                                             literal_digits=literal_digits)
+  inp = place_windows(win, count, max_input_len)
+  # a program breaking the promise reports an overflowing input
+  inp = inp.replace(length=jnp.where(ok, inp.length, max_input_len + 1))
+  # output k starts at or after 1 + 2k: only the first T_out // 2 show
+  shown = min(trace.output.shape[0], max_target_len // 2)
+  owin, ocount, total = plain_output_windows(trace, shown)
+  target = place_windows(owin, ocount, max_target_len)
+  target = target.replace(length=2 + total)
+  return Render(input=inp, target=target)
+
+
 # ------------------------------------------------------------- checks
 def _check_size(name: str, value) -> None:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
       value < 1):
     raise ValueError(f"{name} must be a positive Python int (static), "
                      f"got {value!r}")
+
+
+def _check_digits(**digits) -> None:
+  for k, v in digits.items():
+    hi = isa.MAX_LABEL_DIGITS if k == "label_digits" else (
+        isa.MAX_LITERAL_DIGITS if k == "literal_digits" else
+        isa.MAX_VALUE_DIGITS)
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
+      raise ValueError(f"{k} must be an int in [0, {hi}], got {v!r}")
 
 
 def _check_program(program: Program) -> None:
@@ -224,13 +409,19 @@ def _program_input(program: Program, keep: jax.Array, query: bool,
 
 
 def render_direct(program: Program, trace: Trace, *, max_input_len: int,
-                  max_target_len: int) -> Render:
+                  max_target_len: int, label_digits: int = isa.MAX_LABEL_DIGITS,
+                  literal_digits: int = isa.MAX_LITERAL_DIGITS) -> Render:
   """The `direct` render: the program in, its output values out.
 
   Args:
     program: one `Program` ([P] arrays).
     trace: its `Trace` ([S] arrays).
     max_input_len, max_target_len: static lengths of input and target.
+    label_digits, literal_digits: static promise on the program (as in
+      `max_render_lengths`). With `label_digits == 0` (no labels, Tier 0/1)
+      the render takes the cheaper plain layout, equal token for token; a
+      program that breaks the promise (a label, or a literal of more digits)
+      gets input length `max_input_len + 1`, an overflow the host rejects.
 
   Returns:
     `Render`: input `BOS + encode(program) + EOS`; target
@@ -240,6 +431,11 @@ def render_direct(program: Program, trace: Trace, *, max_input_len: int,
   _check_trace(trace)
   _check_size("max_input_len", max_input_len)
   _check_size("max_target_len", max_target_len)
+  _check_digits(label_digits=label_digits, literal_digits=literal_digits)
+  if label_digits == 0 and literal_digits >= 1:
+    return _plain_direct(program, trace, literal_digits=literal_digits,
+                         max_input_len=max_input_len,
+                         max_target_len=max_target_len)
   keep = jnp.ones(program.op.shape, bool)
   target = compact(*_cat(_one(isa.TOK_BOS), output_slots(trace),
                          _one(isa.TOK_EOS)), max_target_len)
@@ -342,9 +538,13 @@ RENDER_NAMES = tuple(RENDERS)
 
 
 def render(name: str, program: Program, trace: Trace, *, max_input_len: int,
-           max_target_len: int, step: jax.Array | None = None) -> Render:
+           max_target_len: int, step: jax.Array | None = None,
+           label_digits: int = isa.MAX_LABEL_DIGITS,
+           literal_digits: int = isa.MAX_LITERAL_DIGITS) -> Render:
   """Renders by name: 'direct', 'cot' (mode full), 'cot_modified' or
-  'probe_query' (which needs `step`, a [] int32; the others take none)."""
+  'probe_query' (which needs `step`, a [] int32; the others take none).
+  `label_digits`, `literal_digits`: the static promise of `render_direct`
+  (the other renders ignore it)."""
   if name not in RENDERS:
     raise ValueError(f"unknown render {name!r}; expected one of {RENDER_NAMES}")
   sizes = dict(max_input_len=max_input_len, max_target_len=max_target_len)
@@ -354,6 +554,9 @@ def render(name: str, program: Program, trace: Trace, *, max_input_len: int,
     return render_probe_query(program, trace, step, **sizes)
   if step is not None:
     raise ValueError(f"render {name!r} takes no step")
+  if name == "direct":
+    return render_direct(program, trace, label_digits=label_digits,
+                         literal_digits=literal_digits, **sizes)
   return RENDERS[name](program, trace, **sizes)
 
 
@@ -390,11 +593,8 @@ def max_render_lengths(name: str, *, max_len: int, max_steps: int,
       0 <= outputs <= max_steps):
     raise ValueError(f"max_outputs must be an int in [0, max_steps], got "
                      f"{max_outputs!r}")
-  for k, v, hi in (("label_digits", label_digits, isa.MAX_LABEL_DIGITS),
-                   ("literal_digits", literal_digits, isa.MAX_LITERAL_DIGITS),
-                   ("value_digits", value_digits, isa.MAX_VALUE_DIGITS)):
-    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
-      raise ValueError(f"{k} must be an int in [0, {hi}], got {v!r}")
+  _check_digits(label_digits=label_digits, literal_digits=literal_digits,
+                value_digits=value_digits)
   label = 2 + label_digits if label_digits else 0          # L d.. COLON
   target = 1 + label_digits if label_digits else 0         # L d..
   operands = max(int(r) + int(l) * (1 + literal_digits)

@@ -26,12 +26,14 @@ class Batch:
 def sample_batch(key: jax.Array, tier, batch_size: int, *,
                  render: str = "direct", bucket: str | None = None,
                  max_input_len: int | None = None,
-                 max_target_len: int | None = None) -> Batch:
+                 max_target_len: int | None = None,
+                 first_row: int | jax.Array = 0,
+                 block_size: int | None = None) -> Batch:
   """Samples, runs and renders `batch_size` rows; call it inside `jit`.
 
-  Row i's key is `fold_in(key, i)`, so row i does not depend on the batch
-  size; the row's axes and program come from that key as in the dataset
-  (`tiers.make_row`).
+  Row i's key is `fold_in(key, first_row + i)`, so a row does not depend on
+  the batch size or on how the rows are split over devices; the row's axes
+  and program come from that key as in the dataset (`tiers.make_row`).
 
   Args:
     key: a threefry key (consumed), e.g. `fold_in(base, step)`.
@@ -43,6 +45,12 @@ def sample_batch(key: jax.Array, tier, batch_size: int, *,
     bucket: static eval bucket name for fixed axes; None samples train axes.
     max_input_len, max_target_len: static token lengths; default the
       split's (they fit every row). Shorter ones truncate; `valid` says so.
+    first_row: [] int32 (may be traced) index of the first row; e.g.
+      `axis_index * batch_size` when each device samples its own share.
+    block_size: static; build the rows `block_size` at a time (`lax.map`)
+      instead of all at once. The rows are the same; on a CPU a block's
+      intermediates stay in cache (Tier 1: 4096 is about 1.5x faster than
+      one 65536-row block).
 
   Returns:
     A `Batch` with leading dimension B.
@@ -61,13 +69,25 @@ def sample_batch(key: jax.Array, tier, batch_size: int, *,
                               not isinstance(value, int) or value < 1):
       raise ValueError(f"{name} must be a positive int, got {value!r}")
   t_in, t_out = max_input_len or t_in, max_target_len or t_out
+  if isinstance(first_row, bool) or (isinstance(first_row, int) and
+                                     not 0 <= first_row < 2 ** 31):
+    raise ValueError(f"first_row must be an int in [0, 2**31), got "
+                     f"{first_row!r}")
+  if block_size is not None and (isinstance(block_size, bool) or not
+                                 isinstance(block_size, int) or block_size < 1):
+    raise ValueError(f"block_size must be a positive int or None, got "
+                     f"{block_size!r}")
 
   def one(index):
     return tiers_lib.make_row(tier, jax.random.fold_in(key, index),
                               bucket=bucket, renders=(render,),
                               token_lengths={render: (t_in, t_out)})
 
-  rows = jax.vmap(one)(jnp.arange(batch_size))
+  index = first_row + jnp.arange(batch_size)
+  if block_size is None or block_size >= batch_size:
+    rows = jax.vmap(one)(index)
+  else:
+    rows = jax.lax.map(one, index, batch_size=block_size)
   r = rows.renders[render]
   input_mask = jnp.arange(t_in) < r.input.length[:, None]
   target_mask = jnp.arange(t_out) < r.target.length[:, None]

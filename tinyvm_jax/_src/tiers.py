@@ -22,6 +22,7 @@ import numpy as np
 
 from tinyvm_jax._src import generators
 from tinyvm_jax._src import interpreter
+from tinyvm_jax._src import isa
 from tinyvm_jax._src import keys as keys_lib
 from tinyvm_jax._src import render as render_lib
 from tinyvm_jax._src.types import Program, Render, Rows, Trace
@@ -74,7 +75,10 @@ class Tier:
 
   `sample_axes_fn(key) -> [A] int32` draws train axes; `program_fn(key,
   axes, *, max_len) -> Program` builds one program from a program key and
-  [A] axes.
+  [A] axes. `straight_line`: the programs hold only fill ops, PRINT, NOP
+  and HALT (Tier 0/1), so rows run on `interpreter.run_straight_line`,
+  whose traces equal `run`'s for such programs at about a third of the
+  cost.
   """
   name: str
   axis_names: tuple[str, ...]
@@ -85,6 +89,7 @@ class Tier:
   sample_axes_fn: Callable[[jax.Array], jax.Array]
   program_fn: Callable[..., Program]
   shapes_fn: Callable[[Sequence[int]], Shapes]  # concrete axes -> Shapes
+  straight_line: bool = False
 
   @property
   def num_axes(self) -> int:
@@ -158,7 +163,8 @@ def _tier0() -> Tier:
       eval_buckets=(EvalBucket("all", (8,), 10_000, _straight_line_shapes(8)),),
       renders=("direct",), sample_axes_fn=_tier0_axes,
       program_fn=_tier0_program,
-      shapes_fn=lambda axes: _straight_line_shapes(int(axes[0])))
+      shapes_fn=lambda axes: _straight_line_shapes(int(axes[0])),
+      straight_line=True)
 
 
 def _tier1() -> Tier:
@@ -170,7 +176,8 @@ def _tier1() -> Tier:
       train_shapes=_straight_line_shapes(32), eval_buckets=buckets,
       renders=("direct",), sample_axes_fn=_tier1_axes,
       program_fn=_tier1_program,
-      shapes_fn=lambda axes: _straight_line_shapes(int(axes[0])))
+      shapes_fn=lambda axes: _straight_line_shapes(int(axes[0])),
+      straight_line=True)
 
 
 TIERS: dict[str, Tier] = {"tier0": _tier0(), "tier1": _tier1()}
@@ -196,13 +203,19 @@ def _seed_mod(key_data: jax.Array, m: jax.Array) -> jax.Array:
 
 def render_row(name: str, program: Program, trace: Trace,
                key_data: jax.Array, *, max_input_len: int,
-               max_target_len: int) -> Render:
+               max_target_len: int, label_digits: int = isa.MAX_LABEL_DIGITS,
+               literal_digits: int = isa.MAX_LITERAL_DIGITS) -> Render:
   """One render of a row by name; 'probe_query' probes the step
-  `meta.seed % num_steps`, as the reference's probe rows do."""
+  `meta.seed % num_steps`, as the reference's probe rows do.
+  `label_digits`, `literal_digits`: static promise on the program (a
+  split's `Shapes`); 0 label digits selects the cheaper plain layout of
+  the direct render, with identical tokens."""
   step = (_seed_mod(key_data, trace.num_steps) if name == "probe_query"
           else None)
   return render_lib.render(name, program, trace, max_input_len=max_input_len,
-                           max_target_len=max_target_len, step=step)
+                           max_target_len=max_target_len, step=step,
+                           label_digits=label_digits,
+                           literal_digits=literal_digits)
 
 
 def make_row(tier: Tier, key: jax.Array, *, bucket: str | None = None,
@@ -235,13 +248,17 @@ def make_row(tier: Tier, key: jax.Array, *, bucket: str | None = None,
   axes = jnp.asarray(axes, jnp.int32)
   program = tier.program(keys_lib.program_key(key), axes,
                          max_len=shapes.max_len)
-  trace = interpreter.run(program, max_steps=shapes.max_steps)
+  run = (interpreter.run_straight_line if tier.straight_line else
+         interpreter.run)
+  trace = run(program, max_steps=shapes.max_steps)
   key_data = jax.random.key_data(key)
   out = {}
   for r in renders:
     t_in, t_out = (token_lengths or {}).get(r) or shapes.token_lengths(r)
     out[r] = render_row(r, program, trace, key_data, max_input_len=t_in,
-                        max_target_len=t_out)
+                        max_target_len=t_out,
+                        label_digits=shapes.label_digits,
+                        literal_digits=shapes.literal_digits)
   return Rows(key_data=key_data, axes=axes, program=program, trace=trace,
               renders=out)
 
