@@ -24,7 +24,7 @@ from absl import flags
 
 from tinyvm_jax._src import pipeline
 
-_TIERS = ("tier0", "tier1")
+_TIERS = ("tier0", "tier1", "tier2")
 _DEVICES = ("cpu", "gpu", "tpu")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 

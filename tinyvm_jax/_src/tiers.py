@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tinyvm_jax._src import branched
 from tinyvm_jax._src import generators
 from tinyvm_jax._src import interpreter
 from tinyvm_jax._src import isa
@@ -180,11 +181,59 @@ def _tier1() -> Tier:
       straight_line=True)
 
 
-TIERS: dict[str, Tier] = {"tier0": _tier0(), "tier1": _tier1()}
+# ------------------------------------------------------------- tier 2
+_TIER2_K = jnp.array([4, 6, 8], jnp.int32)
+_TIER2_AXES = ("n", "k", "b", "l", "use_stack", "stack_frames")
+
+
+def _branched_shapes(n: int, k: int, b: int, l: int, frames: int, *,
+                     b_min: int) -> Shapes:
+  """Tier 2: exact worst cases of `gen_branched` over the axes' ranges."""
+  return Shapes(
+      max_len=branched.max_program_len(n, k, b, l, frames, b_min=b_min),
+      max_steps=branched.max_trace_steps(n, k, b, l, frames, b_min=b_min),
+      label_digits=2)
+
+
+def _tier2_axes(key: jax.Array) -> jax.Array:
+  w = keys_lib.random_words(key, jnp.arange(3), 0)
+  return jnp.stack([16 + keys_lib.uniform_int(w[0, 0], 241),
+                    _TIER2_K[keys_lib.uniform_int(w[0, 1], 3)],
+                    1 + keys_lib.uniform_int(w[1, 0], 8),
+                    keys_lib.uniform_int(w[1, 1], 17),
+                    keys_lib.uniform_int(w[2, 0], 2),
+                    keys_lib.uniform_int(w[2, 1], 3)])
+
+
+def _tier2_program(key, axes, *, max_len):
+  return branched.gen_branched(key, *(axes[i] for i in range(6)),
+                               max_len=max_len)
+
+
+def _tier2() -> Tier:
+  def bucket(name, n, k, b, l, use_stack, frames):
+    return EvalBucket(name, (n, k, b, l, use_stack, frames), 10_000,
+                      _branched_shapes(n, k, b, l, frames, b_min=b))
+  buckets = (bucket("easy", 32, 4, 1, 0, 0, 0),
+             bucket("medium", 64, 4, 2, 4, 0, 0),
+             bucket("hard", 128, 6, 4, 8, 1, 1),
+             bucket("ood_len_256", 256, 4, 2, 4, 0, 0))
+  return Tier(
+      name="tier2", axis_names=_TIER2_AXES, train_size=500_000,
+      train_shapes=_branched_shapes(256, 8, 8, 16, 2, b_min=1),
+      eval_buckets=buckets, renders=("direct", "cot"),
+      sample_axes_fn=_tier2_axes, program_fn=_tier2_program,
+      shapes_fn=lambda a: _branched_shapes(*(int(a[i]) for i in (0, 1, 2, 3, 5)),
+                                           b_min=int(a[2])))
+
+
+TIERS: dict[str, Tier] = {"tier0": _tier0(), "tier1": _tier1(),
+                          "tier2": _tier2()}
 
 
 def get_tier(name) -> Tier:
-  """The tier called `name` ('tier0', 'tier1'); a `Tier` passes through."""
+  """The tier called `name` ('tier0', 'tier1', 'tier2'); a `Tier` passes
+  through."""
   if isinstance(name, Tier):
     return name
   if name not in TIERS:
