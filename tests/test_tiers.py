@@ -13,7 +13,7 @@ from tinyvm_jax._src import tiers
 
 def test_tier_table_matches_spec():
   t0, t1 = tiers.get_tier("tier0"), tiers.get_tier("tier1")
-  assert set(tiers.TIERS) == {"tier0", "tier1"}
+  assert set(tiers.TIERS) == {"tier0", "tier1", "tier2"}  # tier2: test_tier2.py
   assert (t0.name, t0.axis_names, t0.train_size, t0.renders) == (
       "tier0", ("n",), 100_000, ("direct",))
   assert [(b.name, b.axes, b.size) for b in t0.eval_buckets] == [

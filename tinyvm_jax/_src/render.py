@@ -354,30 +354,29 @@ def _check_digits(**digits) -> None:
       raise ValueError(f"{k} must be an int in [0, {hi}], got {v!r}")
 
 
-def _check_program(program: Program) -> None:
-  if not isinstance(program, Program):
-    raise ValueError(f"expected a Program, got {type(program).__name__}")
-  if jnp.ndim(program.op) != 1:
+def _check_unbatched(x, cls, lead: str, wide: str, width: int) -> None:
+  """One unbatched `cls` (Program or Trace): `lead` of rank 1, `wide` of
+  shape [len(lead), width]."""
+  name = cls.__name__
+  if not isinstance(x, cls):
+    raise ValueError(f"expected a {name}, got {type(x).__name__}")
+  first = getattr(x, lead)
+  if jnp.ndim(first) != 1:
     raise ValueError(
-        f"expected one unbatched Program (op of rank 1), got op of shape "
-        f"{jnp.shape(program.op)}; vmap the render for batches")
-  want = (program.op.shape[0], isa.MAX_REG_ARGS)
-  if jnp.shape(program.regs) != want:
-    raise ValueError(f"program.regs must have shape {want}, got "
-                     f"{jnp.shape(program.regs)}")
+        f"expected one unbatched {name} ({lead} of rank 1), got {lead} of "
+        f"shape {jnp.shape(first)}; vmap the render for batches")
+  want = (first.shape[0], width)
+  if jnp.shape(getattr(x, wide)) != want:
+    raise ValueError(f"{name.lower()}.{wide} must have shape {want}, got "
+                     f"{jnp.shape(getattr(x, wide))}")
+
+
+def _check_program(program: Program) -> None:
+  _check_unbatched(program, Program, "op", "regs", isa.MAX_REG_ARGS)
 
 
 def _check_trace(trace: Trace) -> None:
-  if not isinstance(trace, Trace):
-    raise ValueError(f"expected a Trace, got {type(trace).__name__}")
-  if jnp.ndim(trace.pc) != 1:
-    raise ValueError(
-        f"expected one unbatched Trace (pc of rank 1), got pc of shape "
-        f"{jnp.shape(trace.pc)}; vmap the render for batches")
-  want = (trace.pc.shape[0], isa.NUM_REGS)
-  if jnp.shape(trace.regs) != want:
-    raise ValueError(f"trace.regs must have shape {want}, got "
-                     f"{jnp.shape(trace.regs)}")
+  _check_unbatched(trace, Trace, "pc", "regs", isa.NUM_REGS)
 
 
 # ------------------------------------------------------------- renders
