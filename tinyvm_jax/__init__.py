@@ -10,6 +10,7 @@ from tinyvm_jax._src.generators import gen_register_trace
 from tinyvm_jax._src.interpreter import execute
 from tinyvm_jax._src.interpreter import raise_for_error
 from tinyvm_jax._src.interpreter import run
+from tinyvm_jax._src.interpreter import run_straight_line
 from tinyvm_jax._src.interpreter import trace_from_json
 from tinyvm_jax._src.interpreter import trace_to_json
 from tinyvm_jax._src.interpreter import VMError
@@ -108,6 +109,7 @@ __all__ = (
     "render_probe_query",
     "row_key",
     "run",
+    "run_straight_line",
     "sample_batch",
     "score",
     "score_output",
