@@ -3,16 +3,14 @@
 Runs a vmapped runner under `jit` on B random straight-line programs of the
 Tier 1 shape (n fill instructions, PRINT, HALT; P = S = n + 2), checks that
 the second call does not retrace, and reports executed steps per second and
-per CPU-second of this process. `--runner`: `run` (the general machine),
-`run_scan_in_order` (`run(..., straight_line=True)`) or `straight_line`
-(`run_straight_line`, the Tier 0/1 fast path).
+per CPU-second of this process. `--runner`: `run` (the general machine) or
+`straight_line` (`run_straight_line`, the Tier 0/1 fast path).
 
   python benchmarks/interpreter.py --batch=65536 --n=32
   python benchmarks/interpreter.py --batch=8192 --runner=straight_line
 """
 
 import argparse
-import functools
 import json
 import os
 import time
@@ -45,11 +43,10 @@ def main():
   ap.add_argument("--n", type=int, default=32)
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--runner", default="run",
-                  choices=["run", "run_scan_in_order", "straight_line"])
+                  choices=["run", "straight_line"])
   args = ap.parse_args()
   traces = 0
   runner = {"run": run,
-            "run_scan_in_order": functools.partial(run, straight_line=True),
             "straight_line": run_straight_line}[args.runner]
 
   def batched(programs):

@@ -87,12 +87,9 @@ def op_results(ins: Instruction, regs: jax.Array, top: jax.Array) -> jax.Array:
   return jnp.stack(vals + [zero] * (isa.NUM_OPS - len(vals)))
 
 
-def _step(program: Program, s: _State, ins: Instruction | None):
-  """One machine step. `ins` is the instruction at `s.pc`, already one-hot
-  (straight-line runs), or None to fetch it."""
-  straight = ins is not None
-  if not straight:
-    ins = fetch(program, s.pc)
+def _step(program: Program, s: _State):
+  """One machine step: fetch the instruction at `s.pc` and run it."""
+  ins = fetch(program, s.pc)
   is_op = lambda o: ins.op[o] == 1
   r0 = _dot(ins.regs[0], s.regs)
   slots = jnp.arange(isa.STACK_SIZE)
@@ -107,14 +104,10 @@ def _step(program: Program, s: _State, ins: Instruction | None):
       [ins.op.sum() == 0, bad_reg, ins.op[isa.USEROP_0:].sum() > 0,
        is_op(isa.PUSH) & (s.depth >= isa.STACK_SIZE),
        is_op(isa.POP) & (s.depth <= 0),
-       jumps & ((ins.target < 0) | straight)],
+       jumps & (ins.target < 0)],
       [isa.ERR_BAD_OPCODE, isa.ERR_BAD_REGISTER, isa.ERR_USEROP,
-       isa.ERR_STACK_OVERFLOW, isa.ERR_STACK_UNDERFLOW,
-       isa.ERR_JUMP_IN_STRAIGHT_LINE if straight else isa.ERR_BAD_TARGET],
+       isa.ERR_STACK_OVERFLOW, isa.ERR_STACK_UNDERFLOW, isa.ERR_BAD_TARGET],
       isa.ERR_NONE)
-  if straight:  # a target < 0 is still the plain error
-    err = jnp.where((err == isa.ERR_JUMP_IN_STRAIGHT_LINE) & (ins.target < 0),
-                    isa.ERR_BAD_TARGET, err)
   run = ~s.done & (err == isa.ERR_NONE)
 
   val = _dot(ins.op, op_results(ins, s.regs, top))
@@ -143,18 +136,12 @@ def _step(program: Program, s: _State, ins: Instruction | None):
   return new, record
 
 
-def run(program: Program, *, max_steps: int,
-        straight_line: bool = False) -> Trace:
+def run(program: Program, *, max_steps: int) -> Trace:
   """Runs one program for at most `max_steps` steps.
 
   Args:
     program: an unbatched `Program` ([P] arrays); vmap for batches.
     max_steps: static step budget `S` (the reference allows 1,000,000).
-    straight_line: static; promise that the program has no taken jumps
-      (Tier 0/1). The scan then runs over the program's one-hot instruction
-      tensors in order (step t executes instruction t) instead of fetching at
-      `pc`, which is several times faster. A jump that would be taken ends
-      the run with `ERR_JUMP_IN_STRAIGHT_LINE`; results are otherwise equal.
 
   Returns:
     The `Trace` ([S] arrays). A program still running after `max_steps`
@@ -171,21 +158,8 @@ def run(program: Program, *, max_steps: int,
       done=jnp.asarray(program.length <= 0),
       halted=jnp.asarray(program.length <= 0),
       error=jnp.zeros((), jnp.int32), steps=jnp.zeros((), jnp.int32))
-  if straight_line:
-    p = program.op.shape[-1]
-    # Step t executes instruction t; steps past P are never reached.
-    take = ((lambda x: x[:max_steps]) if max_steps <= p else
-            (lambda x: x[jnp.minimum(jnp.arange(max_steps), p - 1)]))
-    xs = (take(program.op), take(program.regs), take(program.lit),
-          take(program.target))
-    body = lambda s, x: _step(program, s, one_hot(Program(
-        op=x[0], regs=x[1], lit=x[2], target=x[3], target_label=x[3],
-        label=x[3], length=program.length)))
-  else:
-    xs = None
-    body = lambda s, _: _step(program, s, None)
   final, (pc, regs, stack, depth, emitted, emit_mask) = jax.lax.scan(
-      body, init, xs, length=max_steps)
+      lambda s, _: _step(program, s), init, None, length=max_steps)
   error = jnp.where(final.done, final.error, isa.ERR_STEP_BUDGET)
   slot = jnp.where(emit_mask, jnp.cumsum(emit_mask) - 1, max_steps)
   output = jnp.zeros(max_steps, jnp.int32).at[slot].set(emitted, mode="drop")

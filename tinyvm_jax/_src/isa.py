@@ -87,8 +87,7 @@ ERR_STEP_BUDGET = 4
 ERR_BAD_TARGET = 5
 ERR_BAD_REGISTER = 6
 ERR_BAD_OPCODE = 7
-ERR_JUMP_IN_STRAIGHT_LINE = 8
-ERR_NOT_STRAIGHT_LINE = 9
+ERR_NOT_STRAIGHT_LINE = 8
 ERROR_MESSAGES = {
     ERR_NONE: "no error",
     ERR_STACK_OVERFLOW: "stack overflow (PUSH with 16 entries)",
@@ -98,7 +97,6 @@ ERROR_MESSAGES = {
     ERR_BAD_TARGET: "jump to an undefined label",
     ERR_BAD_REGISTER: "register index outside R0..R7",
     ERR_BAD_OPCODE: "opcode outside 0..20",
-    ERR_JUMP_IN_STRAIGHT_LINE: "a jump taken in a run declared straight-line",
     ERR_NOT_STRAIGHT_LINE: ("JZ, JMP, PUSH or POP reached by the straight-line "
                             "runner (fill ops, PRINT, NOP, HALT only)"),
 }
