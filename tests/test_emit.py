@@ -195,15 +195,20 @@ def test_interrupted_emit_resumes_byte_identical(emitted, tmp_path,
   # nothing passes for complete: no manifest, nothing under a final name
   assert not (d / "manifest.json").exists()
   assert sorted(p.name for p in d.iterdir()) == [pipeline.PARTIAL]
-  # a torn write after the last durable part (of the split being written)
-  # is cut off on resume
-  progress = json.loads((d / pipeline.PARTIAL / pipeline.PROGRESS
-                         ).read_bytes())["splits"]
+  # a crash's leftovers past the last durable part (a half-written JSONL
+  # piece, a temporary Parquet file) are replaced or removed on resume
+  work = d / pipeline.PARTIAL
+  done = pipeline.done_parts(work, plan.fingerprint())
+  assert 0 < len(done) < sum(sp.num_parts(plan.part_rows)
+                             for sp in plan.splits)
   for sp in plan.splits:
-    if 0 < progress.get(sp.name, {}).get("parts", 0) < sp.num_parts(
-        plan.part_rows):
-      with open(d / pipeline.PARTIAL / sp.jsonl, "ab") as f:
-        f.write(b'{"torn": ')
+    for k in range(sp.num_parts(plan.part_rows)):
+      if f"{sp.name}:{k}" not in done:
+        torn = work / pipeline.jsonl_piece(sp, k)
+        torn.parent.mkdir(parents=True, exist_ok=True)
+        torn.write_bytes(b'{"torn": ')
+        (work / "data" / ".stray.parquet.1.tmp").write_bytes(b"PAR1")
+        break
   result = pipeline.run(plan, tmp_path)
   assert result.resumed and result.generated < plan.total_rows
   assert data_files(d) == data_files(emitted["tier1"])
@@ -253,12 +258,13 @@ def test_killed_cli_emit_resumes_byte_identical(tmp_path):
   proc = subprocess.Popen([sys.executable, "-m", "tinyvm_jax.emit", *args],
                           cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
-  progress = tmp_path / "tier0" / pipeline.PARTIAL / pipeline.PROGRESS
+  progress = (tmp_path / "tier0" / pipeline.PARTIAL / pipeline.PROGRESS_DIR
+              / "p00000.json")
   deadline = time.time() + 240
   killed = False
   while time.time() < deadline and proc.poll() is None:
     try:
-      parts = json.loads(progress.read_bytes())["splits"]["train"]["parts"]
+      parts = len(json.loads(progress.read_bytes())["parts"])
     except (OSError, ValueError, KeyError):
       parts = 0
     if parts >= 1:

@@ -2,7 +2,8 @@ r"""Emits a Tiny-VM dataset: `python -m tinyvm_jax.emit`.
 
   python -m tinyvm_jax.emit --tier=tier1 --out=DIR [--seed=0] \
       [--device=cpu|gpu|tpu] [--formats=zarr,jsonl,parquet] \
-      [--config.train_size=1000 --config.eval_size=100 ...]
+      [--config.train_size=1000 --config.eval_size=100 ...] \
+      [--num_processes=N --process_id=I --coordinator_address=HOST:PORT]
 
 Settings come from `configs/<tier>.py` (the reference's sizes), or the file
 given by `--config`; any field can be overridden with `--config.<field>=`.
@@ -10,6 +11,15 @@ Writes `DIR/<tier>/` (train.jsonl, eval/<bucket>.jsonl; rows.zarr;
 data/*.parquet with README.md) and `manifest.json` last, replacing the
 dataset files an earlier emit left there. An interrupted emit leaves no
 manifest; running the same command again resumes it.
+
+Every local device of the chosen platform generates (each batch is sharded
+over them). With `--num_processes=N` the command is one of N processes
+(same flags, `--process_id` 0..N-1, one `--coordinator_address`; on a
+cluster JAX can also read these from its environment): they join JAX's
+distributed runtime, each writes its share of the parts into the shared
+`--out`, and process 0 writes the manifest when all are done. The bytes are
+the same for any number of processes and devices. `python -m
+tinyvm_jax.launch` starts N local processes.
 """
 
 import importlib.util
@@ -42,6 +52,15 @@ flags.DEFINE_string(
     "(default ~/.cache/tinyvm_jax/jax; '' to disable).")
 flags.DEFINE_bool("progress", None,
                   "Show a progress bar (default: when stderr is a terminal).")
+flags.DEFINE_integer("num_devices", 0, "Local devices to use (0: all of the "
+                     "platform's).", lower_bound=0)
+flags.DEFINE_integer("num_processes", None, "Processes of a multi-process "
+                     "emit (default 1, or what JAX's cluster detection "
+                     "finds with --coordinator_address unset).", lower_bound=1)
+flags.DEFINE_integer("process_id", None, "This process's index, 0 .. "
+                     "num_processes - 1.", lower_bound=0)
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0's "
+                    "coordination service (multi-process emit).")
 
 
 class UserError(Exception):
@@ -106,17 +125,54 @@ def _parse_flags(argv):
   return rest
 
 
-def _select_device(name: str | None):
+def _select_devices(name: str | None, count: int) -> list:
+  """This process's devices of platform `name` (default: JAX's default
+  backend), the first `count` of them (0: all)."""
   import jax
-  if name is None:
-    return jax.devices()[0]
   try:
-    return jax.devices(name)[0]
+    devices = jax.local_devices(backend=name)
   except RuntimeError:
     present = sorted({d.platform for d in jax.devices()})
     raise UserError(f"--device={name}: no {name.upper()} is available to JAX "
                     f"on this machine (present: {', '.join(present)})"
                     ) from None
+  if count > len(devices):
+    raise UserError(f"--num_devices={count}: this process has only "
+                    f"{len(devices)} {devices[0].platform} device(s)")
+  return devices[:count] if count else devices
+
+
+def _start_distributed() -> tuple[int, int]:
+  """Joins JAX's distributed runtime when the flags ask for several
+  processes; returns (process_id, num_processes)."""
+  n, pid, addr = (FLAGS.num_processes, FLAGS.process_id,
+                  FLAGS.coordinator_address)
+  if n in (None, 1) and addr is None:
+    if pid not in (None, 0):
+      raise UserError(f"--process_id={pid} needs --num_processes > {pid}")
+    return 0, 1
+  if n is not None and pid is not None and pid >= n:
+    raise UserError(f"--process_id={pid} is not below --num_processes={n}")
+  if (n is None) != (pid is None):
+    raise UserError("--num_processes and --process_id go together")
+  if n is not None and n > 1 and addr is None:
+    raise UserError("--num_processes > 1 needs --coordinator_address=HOST:PORT")
+  if addr is not None and (":" not in addr or
+                           not addr.rsplit(":", 1)[1].isdigit()):
+    raise UserError(f"--coordinator_address={addr}: expected HOST:PORT")
+  import jax
+  if FLAGS.device in (None, "cpu"):
+    # cross-process collectives on CPUs (used for the barriers' fallback)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(coordinator_address=addr, num_processes=n,
+                               process_id=pid)
+  except Exception as e:  # pylint: disable=broad-except
+    msg = str(e).strip().splitlines()
+    raise RuntimeError("could not join the distributed runtime at "
+                       f"{addr}: {msg[0] if msg else type(e).__name__}"
+                       ) from None
+  return jax.process_index(), jax.process_count()
 
 
 def _check_out(out: str) -> Path:
@@ -181,6 +237,11 @@ def _settings():
   d = cfg.to_dict()
   known = {"tier", "train_size", "eval_size", "renders", "batch_size",
            "vmap_rows", "part_rows", "chunk_rows", "zarr_codec"}
+  max_classes = d.get("max_classes", 8)
+  if isinstance(max_classes, bool) or not isinstance(max_classes, int) or (
+      max_classes < 0):
+    raise UserError(f"max_classes must be an integer >= 0, got "
+                    f"{max_classes!r}")
   missing = sorted(known - set(d))
   if missing:
     raise UserError(f"config lacks fields {missing}")
@@ -196,7 +257,7 @@ def _settings():
                 batch_size=d["batch_size"], vmap_rows=d["vmap_rows"],
                 part_rows=d["part_rows"], chunk_rows=d["chunk_rows"],
                 codec=d["zarr_codec"])
-  return kwargs, d
+  return kwargs, d, max_classes
 
 
 def _auto_sizes(kwargs: dict, platform: str) -> dict:
@@ -218,25 +279,35 @@ def main(argv) -> int:
   try:
     if FLAGS.out is None:
       raise UserError("--out is required")
-    kwargs, config = _settings()
-    device = _select_device(FLAGS.device)
-    plan = pipeline.make_plan(**_auto_sizes(kwargs, device.platform))
+    kwargs, config, max_classes = _settings()
+    out = _check_out(FLAGS.out)
+  except (UserError, pipeline.EmitError) as e:
+    _fail(str(e))
+  try:
+    pid, nproc = _start_distributed()
+  except UserError as e:
+    _fail(str(e))
+  except RuntimeError as e:
+    _fail(str(e), 1)
+  try:
+    devices = _select_devices(FLAGS.device, FLAGS.num_devices)
+    plan = pipeline.make_plan(**_auto_sizes(kwargs, devices[0].platform))
     if ("parquet" in plan.formats
         and importlib.util.find_spec("pyarrow") is None):
       raise UserError("--formats=parquet needs pyarrow: pip install "
                       "'tinyvm_jax[parquet]' (or leave parquet out)")
-    out = _check_out(FLAGS.out)
   except (UserError, pipeline.EmitError) as e:
     _fail(str(e))
   pipeline.enable_compile_cache(pipeline.default_compile_cache()
                                 if FLAGS.compile_cache is None
                                 else FLAGS.compile_cache)
   show = FLAGS.progress if FLAGS.progress is not None else sys.stderr.isatty()
-  bar = _Bar(plan.tier.name, show)
+  label = plan.tier.name if nproc == 1 else f"{plan.tier.name}[{pid}]"
+  bar = _Bar(label, show)
   note = lambda s: print(f"emit: {s}", file=sys.stderr)
   try:
-    result = pipeline.run(plan, out, device=device, config=config,
-                          on_progress=bar, log=note)
+    result = pipeline.run(plan, out, devices=devices, config=config,
+                          on_progress=bar, log=note, max_classes=max_classes)
   except KeyboardInterrupt:
     bar.close()
     _fail("interrupted; run the same command again to resume", 130)
@@ -247,13 +318,25 @@ def main(argv) -> int:
     bar.close()
     _fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "), 1)
   bar.close()
+  platform = devices[0].platform
+  where = f"{len(devices)} {platform} devices" if len(devices) > 1 else (
+      platform)
+  if nproc > 1:
+    where += f" x {nproc} processes"
+  rate = result.generated / result.seconds if result.seconds else 0.0
+  if pid != 0:
+    print(f"{plan.tier.name}: process {pid} of {nproc} generated "
+          f"{result.generated:,} rows in {result.seconds:.1f} s "
+          f"({rate:,.0f} rows/s)")
+    return 0
   sizes = ", ".join(f"{f} {_human(result.bytes_by_format.get(f, 0))}"
                     for f in plan.formats)
-  rate = result.generated / result.seconds if result.seconds else 0.0
+  if nproc > 1:
+    rate = result.rows / result.seconds if result.seconds else 0.0
   resumed = f", resumed ({result.generated:,} rows generated)" if (
       result.resumed) else ""
   print(f"{plan.tier.name}: {result.rows:,} rows in {result.seconds:.1f} s "
-        f"({rate:,.0f} rows/s) on {device.platform}{resumed}; {sizes} -> "
+        f"({rate:,.0f} rows/s) on {where}{resumed}; {sizes} -> "
         f"{result.tier_dir}")
   return 0
 

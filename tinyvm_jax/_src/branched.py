@@ -339,6 +339,44 @@ def max_trace_steps(n_max: int, k_max: int, b_max: int, l_max: int,
                  n_max, k_max, b_max, l_max, frames_max, b_min))
 
 
+def row_bounds(axes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per-row (program length, step budget) bounds for concrete axes (host,
+  vectorised numpy): for each row the `max_program_len` and
+  `max_trace_steps` formulas at its own axes (n, k, b, l, use_stack,
+  stack_frames), maximised over the loop numbers m its (k, l) can produce.
+
+  Args:
+    axes: [N, 6] integers in the Tier 2 axis order.
+
+  Returns:
+    (P, S): [N] int64 each; every program `gen_branched` makes from a row's
+    axes has at most P rows and halts within S steps.
+  """
+  a = np.asarray(axes, np.int64)
+  if a.ndim != 2 or a.shape[1] != 6:
+    raise ValueError(f"row_bounds: axes must be [N, 6], got {a.shape}")
+  n, k, b, l, use_stack, frames = a.T
+  frames = np.where(use_stack > 0, frames, 0)
+  best_p = np.zeros(len(a), np.int64)
+  best_s = np.zeros(len(a), np.int64)
+  for drawn in range(0, MAX_LOOPS + 1):
+    if drawn == 0:
+      ok, m = l <= 0, np.zeros_like(l)
+    else:
+      ok = drawn <= l
+      m = np.where(1 + drawn + 2 <= k, drawn, np.maximum(0, k - 3))
+    f = np.maximum(1, n // (b + m + 1))
+    g = np.maximum(2, f // 2)
+    cup = k - (m + 3) >= 1
+    base = 4 + np.maximum(k, 4) + frames * (g + 2)
+    p = base + b * (2 * f + 4) + m * (f + np.where(cup, 7, 5))
+    loops = np.where(cup, l * (f + 4) + 2 * m, l * (f + 3) + 3 * m)
+    s = base + b * (f + 4) + np.where(m == 0, 0, loops)
+    best_p = np.where(ok, np.maximum(best_p, p), best_p)
+    best_s = np.where(ok, np.maximum(best_s, s), best_s)
+  return best_p, best_s
+
+
 def _scalar(x, what: str):
   """x as a Python int, or None when it is traced; ValueError unless an
   integer (or bool) scalar."""

@@ -46,9 +46,9 @@ _STREAM_FLAT = 2    # counter 0: the flat-histogram pick
 
 _NUM_FILL_OPS = len(isa.FILL_OPS)
 assert isa.FILL_OPS == tuple(range(_NUM_FILL_OPS))  # op id == fill index
-_COUNTER_OPS = jnp.array([isa.ADD, isa.SUB, isa.NEG, isa.MOV], jnp.int32)
+_COUNTER_OPS = np.array([isa.ADD, isa.SUB, isa.NEG, isa.MOV], np.int32)
 _N_LITERALS = isa.LITERAL_MAX - isa.LITERAL_MIN + 1
-_N_REGS_TABLE = jnp.asarray(isa.N_REGS, jnp.int32)
+_N_REGS_TABLE = np.asarray(isa.N_REGS, np.int32)
 
 # Printed-value buckets (value // 100, -11..10) and the Tier 1 train
 # frequency of each, measured on the reference's 200,000 rows (stats.json);
@@ -105,7 +105,7 @@ def sample_active(words: jax.Array) -> jax.Array:
 
 def _program(op, regs, lit, length) -> Program:
   p = op.shape[0]
-  nr = _N_REGS_TABLE[op]                                 # [P]
+  nr = jnp.asarray(_N_REGS_TABLE)[op]                               # [P]
   regs = jnp.where(jnp.arange(isa.MAX_REG_ARGS)[None, :] < nr[:, None],
                    regs, 0)
   return Program(
@@ -174,7 +174,7 @@ def gen_counter(key: jax.Array, n: jax.Array, *, max_len: int) -> Program:
   words = _slot_words(key, max_len)
   i = jnp.arange(max_len)
   op = jnp.where(i == 0, isa.LOAD,
-                 _COUNTER_OPS[keys_lib.uniform_int(words[:, 0], 4)])
+                 jnp.asarray(_COUNTER_OPS)[keys_lib.uniform_int(words[:, 0], 4)])
   lit = keys_lib.uniform_int(words[:, 1], _N_LITERALS) + isa.LITERAL_MIN
   op, regs = _tail(op, jnp.zeros((max_len, 3), jnp.int32), n, jnp.int32(0))
   return _program(op, regs, lit, n + 2)

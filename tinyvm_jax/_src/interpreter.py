@@ -20,8 +20,8 @@ from tinyvm_jax._src import isa
 from tinyvm_jax._src import program as program_lib
 from tinyvm_jax._src.types import Program, Trace
 
-_WRITES = jnp.asarray(isa.WRITES_REG, jnp.int32)   # [21]
-_N_REGS = jnp.asarray(isa.N_REGS, jnp.int32)        # [21]
+_WRITES = np.asarray(isa.WRITES_REG, np.int32)     # [21]
+_N_REGS = np.asarray(isa.N_REGS, np.int32)          # [21]
 
 
 class Instruction(NamedTuple):
@@ -184,7 +184,7 @@ def _line_errors(program: Program) -> jax.Array:
   instruction alone); ERR_NONE where it runs."""
   op, regs = program.op, program.regs
   c = jnp.clip(op, 0, isa.NUM_OPS - 1)
-  n_regs = _N_REGS[c]
+  n_regs = jnp.asarray(_N_REGS)[c]
   bad_reg = jnp.zeros(op.shape, bool)
   for i in range(isa.MAX_REG_ARGS):
     bad_reg |= (i < n_regs) & ((regs[:, i] < 0) | (regs[:, i] >= isa.NUM_REGS))

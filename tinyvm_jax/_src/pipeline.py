@@ -41,6 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
 import numpy as np
 
 from tinyvm_jax._src import keys as keys_lib
@@ -52,7 +53,10 @@ from tinyvm_jax._src.types import Program, Render, Rows, Tokens, Trace
 
 FORMATS = ("zarr", "jsonl", "parquet")
 PARTIAL = ".partial"
-PROGRESS = "progress.json"
+FINGERPRINT = "fingerprint"      # in .partial: the settings' fingerprint
+PROGRESS_DIR = "progress"        # in .partial: one progress file a process
+FINALIZING = "finalizing.json"   # in .partial: the manifest's file entries
+JSONL_PARTS = "jsonl-parts"      # in .partial: one JSONL piece a part
 README = "README.md"
 DATA_DIR = "data"          # Parquet files
 EVAL_DIR = "eval"          # JSONL eval files
@@ -250,14 +254,148 @@ def shape_classes(splits: Sequence[SplitPlan]) -> dict[str, tiers.Shapes]:
   return out
 
 
-@functools.partial(jax.jit,
-                   static_argnames=("tier", "shapes", "renders", "vmap_rows"))
-def _rows_batch(tier, split_key_data, indices, fixed_axes, sample_axes, *,
-                shapes, renders, vmap_rows):
-  """[B] rows of one split at static `shapes` (a row is padding-free: the
-  same as `tiers.generate`'s at the split's own sizes). Rows are computed
-  `vmap_rows` at a time in a loop (`lax.map`): on a CPU, small vectorised
-  blocks stay in cache and run about twice as fast as one [B] block."""
+# Row classes. The rows of one split differ in size: a Tier 2 train row
+# needs P from 34 to 506 rows and S from 28 to 1,510 steps
+# (`Tier.row_bounds`), the split's static sizes being the maxima; computed
+# at those, most of the work would be padding. So every row is computed at
+# the sizes of its *class*: a few static (P, S) pairs chosen for the whole
+# emit from a sample of the rows' bounds (`row_classes`), one compilation
+# each. A row does not depend on the sizes it is computed at, so classes
+# change the speed, never the bytes.
+_SAMPLE_ROWS = 4096       # rows of each split sampled to choose the classes
+_QUANTILES = 48           # candidate cut points of the choice
+_COMPILE_SECONDS = 4.0    # about one compilation
+_UNIT_SECONDS = 0.15e-6   # about the CPU time of one unit of `class_units`
+_AXES_BLOCK = 4096        # rows a call of `_axes_batch`
+
+
+def class_units(shapes: tiers.Shapes, renders: Sequence[str]) -> float:
+  """A row's rough cost at `shapes`: P + S + (the renders' tokens) / 8."""
+  u = shapes.max_len + shapes.max_steps
+  for r in renders:
+    t_in, t_out = shapes.token_lengths(r)
+    u += (t_in + t_out) / 8
+  return float(u)
+
+
+@functools.partial(jax.jit, static_argnames=("tier",))
+def _axes_batch(tier, split_key_data, indices):
+  split_key = jax.random.wrap_key_data(split_key_data, impl=keys_lib.IMPL)
+  return jax.vmap(lambda i: tier.sample_axes(keys_lib.axes_key(
+      jax.random.fold_in(split_key, i))))(indices)
+
+
+def rows_axes(plan: Plan, sp: SplitPlan, start: int, stop: int
+              ) -> np.ndarray:
+  """[stop - start, A] int64 axes of rows `start:stop` of a split (host)."""
+  n = stop - start
+  if sp.axes is not None:
+    return np.broadcast_to(np.asarray(sp.axes, np.int64),
+                           (n, plan.tier.num_axes))
+  kd = jnp.asarray(split_key_data(plan.seed_base, sp.split, sp.bucket))
+  out = []
+  for lo in range(start, stop, _AXES_BLOCK):
+    idx = np.arange(lo, lo + _AXES_BLOCK, dtype=np.int32)
+    got = np.asarray(_axes_batch(plan.tier, kd, jnp.asarray(idx)))
+    out.append(got[:min(_AXES_BLOCK, stop - lo)])
+  return np.concatenate(out).astype(np.int64) if out else np.zeros(
+      (0, plan.tier.num_axes), np.int64)
+
+
+def row_sizes(plan: Plan, sp: SplitPlan, axes: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+  """([N] P, [N] S) bounds of rows with these axes, within the split's."""
+  p, s = plan.tier.row_bounds(axes)
+  return (np.minimum(p, sp.shapes.max_len),
+          np.minimum(s, sp.shapes.max_steps))
+
+
+def row_classes(plan: Plan, *, max_classes: int = 8
+                ) -> tuple[tiers.Shapes, ...]:
+  """Up to `max_classes` static sizes rows are computed at, cheapest first.
+
+  The (P, S) bounds of a sample of every split's rows, weighted by the
+  split's size and ordered by cost, are cut into contiguous groups; each
+  group is computed at its largest P and S. The cut minimises compilations
+  plus padded work (`_COMPILE_SECONDS`, `_UNIT_SECONDS`), by dynamic
+  programming over weighted quantiles. `max_classes=0`: no classes (every
+  row at its split's sizes).
+  """
+  if max_classes <= 0:
+    return ()
+  base = _max_shapes([sp.shapes for sp in plan.splits])
+  ps, ss, ws = [], [], []
+  for sp in plan.splits:
+    n = min(sp.num_rows, _SAMPLE_ROWS)
+    p, s = row_sizes(plan, sp, rows_axes(plan, sp, 0, n))
+    ps.append(p)
+    ss.append(s)
+    ws.append(np.full(n, sp.num_rows / n))
+  pairs, inverse = np.unique(np.stack([np.concatenate(ps),
+                                       np.concatenate(ss)], 1),
+                             axis=0, return_inverse=True)
+  weight = np.bincount(inverse.ravel(), weights=np.concatenate(ws))
+  make = lambda p, s: dataclasses.replace(base, max_len=int(p),
+                                          max_steps=int(s))
+  units = np.array([class_units(make(p, s), plan.renders) for p, s in pairs])
+  order = np.argsort(units, kind="stable")
+  pairs, weight = pairs[order], weight[order]
+  cum = np.cumsum(weight) / weight.sum()
+  cuts = sorted({0, len(pairs)} | {
+      int(np.searchsorted(cum, q, side="left")) + 1
+      for q in np.linspace(0, 1, _QUANTILES + 1)[1:-1]})
+  cuts = [c for c in cuts if c <= len(pairs)]
+  c = len(cuts)
+  group = {}
+  for j in range(c):
+    for i in range(j + 1, c):
+      a, b = cuts[j], cuts[i]
+      shp = make(pairs[a:b, 0].max(), pairs[a:b, 1].max())
+      group[j, i] = (_COMPILE_SECONDS + _UNIT_SECONDS * weight[a:b].sum()
+                     * class_units(shp, plan.renders), shp)
+  inf = float("inf")
+  best = [[inf] * c for _ in range(max_classes + 1)]
+  back = [[0] * c for _ in range(max_classes + 1)]
+  best[0][0] = 0.0
+  for g in range(1, max_classes + 1):
+    for i in range(1, c):
+      for j in range(i):
+        if best[g - 1][j] < inf and best[g - 1][j] + group[j, i][0] < (
+            best[g][i]):
+          best[g][i], back[g][i] = best[g - 1][j] + group[j, i][0], j
+  g = min(range(1, max_classes + 1), key=lambda g: best[g][c - 1])
+  out, i = [], c - 1
+  while g > 0:
+    j = back[g][i]
+    out.append(group[j, i][1])
+    i, g = j, g - 1
+  return tuple(sorted(set(out), key=lambda s: class_units(s, plan.renders)))
+
+
+def assign_classes(classes: Sequence[tiers.Shapes], p: np.ndarray,
+                   s: np.ndarray) -> np.ndarray:
+  """[N] int: each row's cheapest class that fits its (P, S) bounds
+  (`classes` cheapest first), -1 where none does (the split's sizes)."""
+  out = np.full(p.shape, -1, np.int64)
+  for c, shp in enumerate(classes):
+    out = np.where((out < 0) & (p <= shp.max_len) & (s <= shp.max_steps), c,
+                   out)
+  return out
+
+
+def _fit(shapes: tiers.Shapes, sp: SplitPlan) -> tiers.Shapes:
+  """The sizes a row of `sp` computed at `shapes` is cut to: the smaller
+  of the two in P and S (the row fits both), the split's other fields."""
+  return dataclasses.replace(
+      sp.shapes, max_len=min(shapes.max_len, sp.shapes.max_len),
+      max_steps=min(shapes.max_steps, sp.shapes.max_steps))
+
+
+def _rows_loop(tier, split_key_data, indices, count, fixed_axes, sample_axes,
+               *, shapes, renders, vmap_rows):
+  """Rows of `indices[:count]` at static `shapes`, `vmap_rows` at a time
+  (a loop of `ceil(count / vmap_rows)` vectorised blocks: on a CPU, small
+  blocks stay in cache; rows past `count` are not computed, left zero)."""
   split_key = jax.random.wrap_key_data(split_key_data, impl=keys_lib.IMPL)
 
   def one(index):
@@ -266,8 +404,48 @@ def _rows_batch(tier, split_key_data, indices, fixed_axes, sample_axes, *,
     axes = jnp.where(sample_axes, drawn, fixed_axes)
     return tiers.make_row(tier, key, axes=axes, shapes=shapes,
                           renders=renders)
-  return jax.lax.map(one, indices, batch_size=min(vmap_rows,
-                                                   indices.shape[0]))
+
+  b = indices.shape[0]
+  v = max(1, min(vmap_rows, b))
+  nb = -(-b // v)
+  idx = jnp.concatenate([indices, jnp.broadcast_to(indices[-1:],
+                                                   (nb * v - b,))])
+  block = lambda i: jax.vmap(one)(jax.lax.dynamic_slice_in_dim(idx, i * v, v))
+  shape = jax.eval_shape(block, 0)
+  out = jax.tree.map(lambda x: jnp.zeros((nb * v,) + x.shape[1:], x.dtype),
+                     shape)
+
+  def body(i, out):
+    return jax.tree.map(
+        lambda o, r: jax.lax.dynamic_update_slice_in_dim(o, r, i * v, 0),
+        out, block(i))
+  out = jax.lax.fori_loop(0, (count + v - 1) // v, body, out)
+  return jax.tree.map(lambda o: o[:b], out)
+
+
+@functools.partial(jax.jit, static_argnames=("tier", "shapes", "renders",
+                                             "vmap_rows", "mesh"))
+def _rows_batch(tier, split_key_data, indices, count, fixed_axes,
+                sample_axes, *, shapes, renders, vmap_rows, mesh=None):
+  """[B] rows of one split at static `shapes` (row i: index `indices[i]`,
+  for i < count); with a `mesh` of several devices, sharded over its
+  "rows" axis (`shard_map`: each device computes B / D consecutive rows).
+  A row is padding-free: the same as `tiers.generate`'s at the split's
+  own sizes."""
+  f = functools.partial(_rows_loop, tier, shapes=shapes, renders=renders,
+                        vmap_rows=vmap_rows)
+  if mesh is None or mesh.size == 1:
+    return f(split_key_data, indices, count, fixed_axes, sample_axes)
+
+  def local(kd, idx, cnt, fixed, sample):
+    per = idx.shape[0]
+    mine = jnp.clip(cnt - jax.lax.axis_index("rows") * per, 0, per)
+    return f(kd, idx, mine, fixed, sample)
+  rep, rows = PartitionSpec(), PartitionSpec("rows")
+  return jax.shard_map(local, mesh=mesh, in_specs=(rep, rows, rep, rep, rep),
+                       out_specs=rows, check_vma=False)(
+                           split_key_data, indices, count, fixed_axes,
+                           sample_axes)
 
 
 def generate_rows(plan: Plan, sp: SplitPlan, start: int, count: int,
@@ -279,6 +457,7 @@ def generate_rows(plan: Plan, sp: SplitPlan, start: int, count: int,
   rows = _rows_batch(
       plan.tier, put(split_key_data(plan.seed_base, sp.split, sp.bucket)),
       put(np.arange(start, start + count, dtype=np.int32)),
+      put(np.int32(count)),
       put(np.asarray(sp.axes if sp.axes is not None else
                      (0,) * plan.tier.num_axes, np.int32)),
       put(np.asarray(sp.axes is None)), shapes=sp.shapes,
@@ -339,6 +518,9 @@ def trim(rows: Rows, shapes: tiers.Shapes, count: int, *,
 
 
 # ----------------------------------------------------------------- writers
+# A writer gets each part's rows in batches, in any order of rows (a batch
+# holds the rows of one class: ascending positions, not contiguous), and
+# makes the part durable in `end_part`, returning what progress records.
 def probe_steps(plan: Plan, rows: Rows) -> np.ndarray | None:
   """[B] the step a probe_query render asks about: meta.seed % steps (as
   `tiers.render_row` chooses it); None without that render."""
@@ -358,65 +540,58 @@ def _fsync_file(path: Path) -> None:
     os.close(fd)
 
 
-class _JsonlWriter:
-  """Appends a split's rows to `.partial/<split>.jsonl`, hashing as it goes.
+def _write_durable(path: Path, chunks: Sequence[bytes]) -> int:
+  """Writes `chunks` to `path` via a temporary file, fsync and rename;
+  returns the bytes written."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  size = 0
+  with open(tmp, "wb") as f:
+    for c in chunks:
+      f.write(c)
+      size += len(c)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  manifest_lib.fsync_dir(path.parent)
+  return size
 
-  Progress records the bytes and rows of the finished parts; a resume cuts
-  the file back to them (dropping a torn write) and rehashes that prefix.
-  """
+
+def jsonl_piece(sp: SplitPlan, part: int) -> str:
+  """The JSONL lines of one part, under `.partial/` (concatenated in part
+  order into `sp.jsonl` when the emit finishes)."""
+  return f"{JSONL_PARTS}/{sp.name}/{part:05d}.jsonl"
+
+
+class _JsonlWriter:
+  """Serialises a part's rows, orders them and writes the part's piece."""
 
   def __init__(self, plan: Plan, work: Path):
     from tinyvm_jax._src import jsonl
     self._jsonl = jsonl
     self.plan, self.work = plan, work
-    self.file = None
+    self.lines, self.positions = [], []
 
-  def begin(self, sp: SplitPlan, state: dict) -> None:
-    path = self.work / sp.jsonl
-    path.parent.mkdir(parents=True, exist_ok=True)
-    done = int(state.get("jsonl_bytes", 0))
-    self.hash = hashlib.sha256()
-    self.rows = int(state.get("jsonl_rows", 0))
-    self.file = open(path, "r+b" if done and path.exists() else "wb")
-    if done:
-      self.file.truncate(done)
-      self.file.seek(0)
-      left = done
-      while left:
-        block = self.file.read(min(left, 1 << 20))
-        if not block:
-          raise EmitError(f"{path}: shorter than its recorded progress")
-        self.hash.update(block)
-        left -= len(block)
-    self.file.seek(done)
-    self.bytes = done
-
-  def write(self, sp: SplitPlan, rows: Rows, start: int) -> None:
+  def write(self, sp: SplitPlan, rows: Rows, positions: np.ndarray) -> None:
     data = self._jsonl.rows_to_jsonl(
         rows, tier=self.plan.tier.name, split=sp.split, bucket=sp.bucket,
         axis_names=self.plan.tier.axis_names, render_names=self.plan.renders,
         probe_step=probe_steps(self.plan, rows))
-    self.file.write(data)
-    self.hash.update(data)
-    self.bytes += len(data)
-    self.rows += rows.key_data.shape[0]
+    lines = data.split(b"\n")
+    assert len(lines) == len(positions) + 1 and not lines[-1]
+    self.lines.extend(lines[:-1])
+    self.positions.append(positions)
 
   def end_part(self, sp: SplitPlan, part: int) -> dict:
-    self.file.flush()
-    os.fsync(self.file.fileno())
-    return {"jsonl_bytes": self.bytes, "jsonl_rows": self.rows}
-
-  def end_split(self, sp: SplitPlan) -> dict:
-    self.file.close()
-    self.file = None
-    return {"files": {sp.jsonl: {"rows": self.rows,
-                                 "sha256": self.hash.hexdigest(),
-                                 "bytes": self.bytes}}}
+    order = np.argsort(np.concatenate(self.positions), kind="stable")
+    lines = [self.lines[i] for i in order]
+    self.lines, self.positions = [], []
+    size = _write_durable(self.work / jsonl_piece(sp, part),
+                          [b"\n".join(lines), b"\n"])
+    return {"jsonl": {"rows": len(lines), "bytes": size}}
 
   def close(self) -> None:
-    if self.file is not None:
-      self.file.close()
-      self.file = None
+    self.lines, self.positions = [], []
 
 
 class _ParquetWriter:
@@ -427,25 +602,26 @@ class _ParquetWriter:
     from tinyvm_jax._src import parquet
     self._parquet = parquet
     self.plan, self.work = plan, work
-    self.tables = []
+    self.tables, self.positions = [], []
 
-  def begin(self, sp: SplitPlan, state: dict) -> None:
-    (self.work / DATA_DIR).mkdir(parents=True, exist_ok=True)
-    self.tables = []
-
-  def write(self, sp: SplitPlan, rows: Rows, start: int) -> None:
+  def write(self, sp: SplitPlan, rows: Rows, positions: np.ndarray) -> None:
     self.tables.append(self._parquet.rows_to_table(
         rows, tier=self.plan.tier.name, split=sp.split, bucket=sp.bucket,
         axis_names=self.plan.tier.axis_names, render_names=self.plan.renders,
         probe_step=probe_steps(self.plan, rows)))
+    self.positions.append(positions)
 
   def end_part(self, sp: SplitPlan, part: int) -> dict:
     import pyarrow as pa
     rel = sp.parquet(part, self.plan.part_rows)
     path = self.work / rel
-    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     table = pa.concat_tables(self.tables)
-    self.tables = []
+    order = np.argsort(np.concatenate(self.positions), kind="stable")
+    if (order != np.arange(len(order))).any():
+      table = table.take(pa.array(order))
+    self.tables, self.positions = [], []
     self._parquet.write_parquet(table, tmp)
     _fsync_file(tmp)
     os.replace(tmp, path)
@@ -454,49 +630,82 @@ class _ParquetWriter:
     return {"files": {rel: {"rows": table.num_rows, "sha256": digest,
                             "bytes": size}}}
 
-  def end_split(self, sp: SplitPlan) -> dict:
-    return {}
-
   def close(self) -> None:
-    self.tables = []
+    self.tables, self.positions = [], []
 
 
 class _ZarrWriter:
-  """A group a split in `.partial/rows.zarr`, one shard a part."""
+  """A group a split in `.partial/rows.zarr`, one shard a part. A part's
+  rows arrive in batches of one row class each (scattered positions, the
+  class's sizes); they are placed into a buffer of the part at the split's
+  sizes, filled with each array's padding value, which is written in one
+  contiguous write when the part ends (tensorstore writes contiguous boxes
+  far faster than index arrays)."""
 
   def __init__(self, plan: Plan, work: Path):
     self.plan = plan
     self.root = work / zarr_store.STORE_NAME
-    self.group = None
+    self.groups = {}
+    self.buffer, self.start = None, 0
 
-  def begin(self, sp: SplitPlan, state: dict) -> None:
-    self.group = None
-
-  def write(self, sp: SplitPlan, rows: Rows, start: int) -> None:
-    arrays = zarr_store.rows_to_arrays(rows)
-    if self.group is None:
+  def _group(self, sp: SplitPlan) -> zarr_store.GroupWriter:
+    if sp.name not in self.groups:
       attrs = {"split": sp.split, "bucket": sp.bucket, "rows": sp.num_rows,
                "axis_names": list(self.plan.tier.axis_names),
                "renders": list(self.plan.renders),
                "shapes": dataclasses.asdict(sp.shapes)}
-      self.group = zarr_store.GroupWriter(
-          self.root, sp.name, sp.num_rows, arrays,
+      self.groups[sp.name] = zarr_store.GroupWriter(
+          self.root, sp.name, sp.num_rows, _example_arrays(self.plan, sp),
           part_rows=self.plan.part_rows, chunk_rows=self.plan.chunk_rows,
           codec=self.plan.codec, attributes=attrs)
-    self.group.write(start, arrays)
+    return self.groups[sp.name]
+
+  def write(self, sp: SplitPlan, rows: Rows, positions: np.ndarray) -> None:
+    arrays = zarr_store.rows_to_arrays(rows)
+    if self.buffer is None:
+      part = positions[0] // self.plan.part_rows
+      lo, hi = sp.part_range(part, self.plan.part_rows)
+      self.start = lo
+      self.buffer = {
+          name: np.full((hi - lo,) + x.shape[1:], zarr_store.fill_value(name),
+                        x.dtype)
+          for name, x in _example_arrays(self.plan, sp).items()}
+    rel = np.asarray(positions) - self.start
+    contiguous = rel[-1] - rel[0] + 1 == rel.size
+    first = slice(int(rel[0]), int(rel[-1]) + 1) if contiguous else rel
+    for name, x in arrays.items():
+      self.buffer[name][(first,) + tuple(slice(0, d) for d in x.shape[1:])
+                        ] = x
 
   def end_part(self, sp: SplitPlan, part: int) -> dict:
-    self.group.commit_part()
-    return {}
-
-  def end_split(self, sp: SplitPlan) -> dict:
-    self.group = None
+    group = self._group(sp)
+    group.write(self.start, self.buffer)
+    self.buffer = None
+    group.commit_part()
     return {}
 
   def close(self) -> None:
-    if self.group is not None:
-      self.group.abort()
-      self.group = None
+    for g in self.groups.values():
+      g.abort()
+    self.groups, self.buffer = {}, None
+
+
+@functools.lru_cache(maxsize=64)
+def _example_shapes(tier: tiers.Tier, shapes: tiers.Shapes,
+                    renders: tuple[str, ...]):
+  return jax.eval_shape(
+      lambda k: tiers.make_row(tier, k, axes=jnp.zeros(tier.num_axes,
+                                                       jnp.int32),
+                               shapes=shapes, renders=renders),
+      jax.random.key(0, impl=keys_lib.IMPL))
+
+
+def _example_arrays(plan: Plan, sp: SplitPlan) -> dict[str, np.ndarray]:
+  """One all-zero row of the split at its own sizes, as zarr arrays (the
+  names, trailing shapes and storage dtypes of the split's arrays)."""
+  shape = _example_shapes(plan.tier, sp.shapes, plan.renders)
+  rows = jax.tree.map(lambda x: np.zeros((1,) + x.shape, x.dtype), shape)
+  return zarr_store.rows_to_arrays(rows)
 
 
 def root_attributes(plan: Plan) -> dict:
@@ -528,38 +737,70 @@ def hub_readme(plan: Plan) -> str:
 
 
 # ----------------------------------------------------------------- progress
+# `.partial/fingerprint` names the settings the unfinished emit was started
+# with; `.partial/progress/p<k>.json` records the parts process k made
+# durable, {"<split name>:<part>": what its writers returned}. A run takes
+# the union of every process's records, whatever the number of processes.
+def _part_key(sp: SplitPlan, part: int) -> str:
+  return f"{sp.name}:{part}"
+
+
 class _Progress:
-  """`.partial/progress.json`: the fingerprint and, per split, the parts
-  done and what the writers need to resume."""
+  """One process's progress file."""
 
-  def __init__(self, path: Path, fingerprint: str, data: dict | None = None):
-    self.path = path
-    self.data = data or {"fingerprint": fingerprint, "splits": {}}
+  def __init__(self, work: Path, process_id: int, fingerprint: str):
+    self.path = work / PROGRESS_DIR / f"p{process_id:05d}.json"
+    self.data = {"fingerprint": fingerprint, "parts": {}}
+    try:
+      old = json.loads(self.path.read_bytes())
+      if old.get("fingerprint") == fingerprint:
+        self.data = old
+    except (OSError, ValueError, AttributeError):
+      pass
 
-  @classmethod
-  def load(cls, path: Path, fingerprint: str) -> "_Progress | None":
+  def record(self, key: str, updates: dict) -> None:
+    self.data["parts"][key] = updates
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    manifest_lib.write_atomic(self.path, json.dumps(self.data).encode())
+
+
+def done_parts(work: Path, fingerprint: str) -> dict[str, dict]:
+  """{part key: writers' records} of every part any process made durable."""
+  out = {}
+  for path in sorted((work / PROGRESS_DIR).glob("p*.json")):
     try:
       data = json.loads(path.read_bytes())
     except (OSError, ValueError):
-      return None
-    if not isinstance(data, dict) or data.get("fingerprint") != fingerprint:
-      return None
-    return cls(path, fingerprint, data)
+      continue
+    if isinstance(data, dict) and data.get("fingerprint") == fingerprint:
+      out.update(data.get("parts", {}))
+  return out
 
-  def split(self, name: str) -> dict:
-    return self.data["splits"].setdefault(name, {"parts": 0, "files": {}})
 
-  def save(self) -> None:
-    manifest_lib.write_atomic(self.path, json.dumps(self.data).encode())
+def part_assignment(plan: Plan, num_processes: int
+                    ) -> list[list[tuple[SplitPlan, int]]]:
+  """The parts of each process: the dataset's parts in order (splits in
+  plan order, parts ascending), cut into `num_processes` contiguous runs of
+  about equal work (rows times the split's `class_units`)."""
+  parts = [(sp, k) for sp in plan.splits
+           for k in range(sp.num_parts(plan.part_rows))]
+  cost = np.array([np.diff(sp.part_range(k, plan.part_rows))[0]
+                   * class_units(sp.shapes, plan.renders) for sp, k in parts])
+  edges = np.cumsum(cost) - cost / 2     # a part goes where its middle is
+  owner = np.minimum((edges / cost.sum() * num_processes).astype(int),
+                     num_processes - 1)
+  return [[p for p, o in zip(parts, owner) if o == i]
+          for i in range(num_processes)]
 
 
 # ----------------------------------------------------------------- the run
 @dataclasses.dataclass
 class Result:
-  """What an emit did."""
+  """What an emit did (in a run of several processes: what this process
+  did; `files` and `bytes_by_format` are process 0's)."""
   tier_dir: Path
   rows: int                 # rows in the dataset
-  generated: int            # rows generated by this run (fewer on resume)
+  generated: int            # rows generated by this process in this run
   seconds: float
   files: dict               # manifest["files"]
   bytes_by_format: dict     # format -> bytes on disk
@@ -618,23 +859,30 @@ def _is_zarr_file(rel: str) -> bool:
 
 
 def _remove_strays(work: Path, files: Mapping[str, Any]) -> None:
-  """Deletes what a crash may have left in `.partial` that no manifest
-  entry names (a temporary Parquet file, a part written past the last
-  recorded one), so the finished layout is exactly the uninterrupted one."""
+  """Deletes what `.partial` holds besides the dataset's files and the
+  emit's own records (JSONL pieces, a crash's temporary files, a part
+  written past the last recorded one), so the finished layout is exactly
+  the uninterrupted one."""
+  keep = {FINGERPRINT, FINALIZING}
   for path in sorted(work.rglob("*")):
-    if path.is_file() and path.name != PROGRESS:
+    if path.is_file():
       rel = path.relative_to(work).as_posix()
-      if rel not in files:
+      if rel not in files and rel not in keep and not rel.startswith(
+          PROGRESS_DIR + "/"):
         path.unlink()
 
 
-def _prepare(plan: Plan, tier_dir: Path, log) -> tuple[_Progress, bool]:
-  """Opens the progress of a matching unfinished emit, or starts afresh
-  (removing the old manifest first, then every old output)."""
+def _prepare(plan: Plan, tier_dir: Path, log) -> bool:
+  """Keeps the `.partial` of an unfinished emit with the same settings
+  (returns True), or starts afresh (removing the old manifest first, then
+  every old output) and lays out the new `.partial`."""
   work = tier_dir / PARTIAL
-  progress = _Progress.load(work / PROGRESS, plan.fingerprint())
-  if progress is not None:
-    return progress, True
+  fp = plan.fingerprint()
+  try:
+    if (work / FINGERPRINT).read_text() == fp:
+      return True
+  except OSError:
+    pass
   manifest_path = tier_dir / manifest_lib.MANIFEST
   if manifest_path.exists():
     manifest_path.unlink()
@@ -644,9 +892,59 @@ def _prepare(plan: Plan, tier_dir: Path, log) -> tuple[_Progress, bool]:
   for name in (PARTIAL,) + OUTPUT_NAMES:
     _remove(tier_dir / name)
   work.mkdir(parents=True)
-  progress = _Progress(work / PROGRESS, plan.fingerprint())
-  progress.save()
-  return progress, False
+  if "zarr" in plan.formats:
+    zarr_store.write_group(work / zarr_store.STORE_NAME,
+                           root_attributes(plan))
+  if "parquet" in plan.formats:
+    (work / README).write_text(hub_readme(plan))
+  manifest_lib.write_atomic(work / FINGERPRINT, fp.encode())
+  return False
+
+
+def _finalize(plan: Plan, work: Path, done: Mapping[str, dict]) -> dict:
+  """The manifest's file entries of a finished `.partial` (concatenating
+  each split's JSONL pieces into its file, in part order).
+
+  Raises:
+    EmitError: a part no process recorded (a process died).
+  """
+  missing = [_part_key(sp, k) for sp in plan.splits
+             for k in range(sp.num_parts(plan.part_rows))
+             if _part_key(sp, k) not in done]
+  if missing:
+    raise EmitError(f"{len(missing)} parts were not written (first: "
+                    f"{missing[0]}); a process did not finish; rerun the "
+                    "same command to resume")
+  files = {}
+  if "jsonl" in plan.formats:
+    for sp in plan.splits:
+      digest = hashlib.sha256()
+      path = work / sp.jsonl
+      tmp = path.with_name(f".{path.name}.tmp")
+      path.parent.mkdir(parents=True, exist_ok=True)
+      rows = size = 0
+      with open(tmp, "wb") as out:
+        for k in range(sp.num_parts(plan.part_rows)):
+          rows += int(done[_part_key(sp, k)]["jsonl"]["rows"])
+          with open(work / jsonl_piece(sp, k), "rb") as f:
+            while block := f.read(1 << 22):
+              digest.update(block)
+              out.write(block)
+              size += len(block)
+        out.flush()
+        os.fsync(out.fileno())
+      os.replace(tmp, path)
+      files[sp.jsonl] = {"rows": rows, "sha256": digest.hexdigest(),
+                         "bytes": size}
+  if "parquet" in plan.formats:
+    for sp in plan.splits:
+      for k in range(sp.num_parts(plan.part_rows)):
+        files.update(done[_part_key(sp, k)].get("files", {}))
+    digest, size, _ = manifest_lib.sha256_file(work / README)
+    files[README] = {"rows": 0, "sha256": digest, "bytes": size}
+  if "zarr" in plan.formats:
+    files.update(_zarr_files(plan, work / zarr_store.STORE_NAME))
+  return files
 
 
 class _Stop(Exception):
@@ -658,62 +956,124 @@ class EmitInterrupted(RuntimeError):
   resumes it."""
 
 
+_BARRIER_TIMEOUT_MS = 7 * 24 * 3600 * 1000   # a dead peer fails it sooner
+
+
+def global_barrier(name: str) -> None:
+  """Waits until every process of JAX's distributed runtime reaches the
+  barrier `name` (the coordination service's barrier: no collective; a
+  process that died makes it fail once its heartbeats stop)."""
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  client = distributed.global_state.client
+  if client is None:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+    return
+  client.wait_at_barrier(f"tinyvm_jax/{name}", _BARRIER_TIMEOUT_MS)
+
+
 def run(plan: Plan, out_dir: str | os.PathLike, *, device=None,
+        devices: Sequence[Any] | None = None,
         config: Mapping[str, Any] | None = None,
         on_progress: Callable[[int, int], None] | None = None,
         log: Callable[[str], None] = lambda s: None,
-        stop_after_parts: int | None = None) -> Result:
+        stop_after_parts: int | None = None,
+        process_id: int | None = None, num_processes: int | None = None,
+        barrier: Callable[[str], None] | None = None,
+        max_classes: int = 8) -> Result:
   """Emits `plan` into `out_dir/<tier>/` (resuming an unfinished emit).
+
+  Several processes (JAX's distributed runtime, one `run` each, same plan
+  and `out_dir` on a shared file system) split the parts between them
+  (`part_assignment`): process 0 lays out `.partial`, every process writes
+  its parts (zarr shards, Parquet files, JSONL pieces), and after a
+  barrier process 0 concatenates the JSONL pieces, hashes every file and
+  writes the manifest. The bytes do not depend on the number of processes
+  or devices.
 
   Args:
     plan: from `make_plan`.
     out_dir: the output root; the tier's files go to `out_dir/<tier>/`.
-    device: the `jax.Device` to generate on (default: JAX's default).
+    device: one `jax.Device` to generate on (same as `devices=[device]`).
+    devices: this process's devices to shard each batch over (default:
+      every local device of JAX's default backend).
     config: the configuration recorded in the manifest.
-    on_progress: called as (rows done, total rows) from the writer thread.
+    on_progress: called as (rows done, rows of this process) from a thread.
     log: receives one-line notes (resume, discarded state).
     stop_after_parts: testing aid: stop (as a crash would) after this many
       parts have been made durable by this run.
+    process_id, num_processes: this process's place (default: JAX's
+      `process_index()` and `process_count()`).
+    barrier: `barrier(name)` waits for every process (default:
+      `global_barrier` with several processes).
+    max_classes: most row classes (`row_classes`; 0: every row at its
+      split's sizes). Speed only.
 
   Returns:
     A `Result`; the dataset is complete when it returns.
   """
   t_start = time.perf_counter()
+  pid = jax.process_index() if process_id is None else process_id
+  nproc = jax.process_count() if num_processes is None else num_processes
+  if not 0 <= pid < nproc:
+    raise EmitError(f"process_id={pid} is not in [0, {nproc})")
+  if barrier is None:
+    barrier = global_barrier if nproc > 1 else (lambda name: None)
+  if device is not None:
+    devices = [device]
+  devices = list(devices) if devices else jax.local_devices()
   tier_dir = Path(out_dir) / plan.tier.name
-  tier_dir.mkdir(parents=True, exist_ok=True)
   work = tier_dir / PARTIAL
-  progress, resumed = _prepare(plan, tier_dir, log)
-  done_rows = 0
-  for sp in plan.splits:
-    st = progress.split(sp.name)
-    done_rows += min(sp.num_rows, st["parts"] * plan.part_rows)
-  if resumed:
-    log(f"resuming: {done_rows} of {plan.total_rows} rows already written")
+  fp = plan.fingerprint()
+  resumed = False
+  if pid == 0:
+    tier_dir.mkdir(parents=True, exist_ok=True)
+    resumed = _prepare(plan, tier_dir, log)
+  barrier("prepared")
+  try:
+    ours = (work / FINGERPRINT).read_text() == fp
+  except OSError:
+    ours = False
+  if not ours:
+    raise EmitError(f"{work} is not laid out for these settings (do all "
+                    "processes run the same command?)")
+  done = done_parts(work, fp)
   generated = 0
-  if "finalizing" not in progress.data:
-    if "zarr" in plan.formats:
-      zarr_store.write_group(work / zarr_store.STORE_NAME,
-                             root_attributes(plan))
-    if "parquet" in plan.formats:
-      (work / README).write_text(hub_readme(plan))
-    generated = _generate_all(plan, work, progress, device, done_rows,
-                              on_progress, stop_after_parts)
-    files = {}
-    for fmt in ("jsonl", "parquet"):
-      for sp in plan.splits:
-        for rel, entry in progress.split(sp.name)["files"].items():
-          if _format_of(rel) == fmt:
-            files[rel] = entry
-    if "parquet" in plan.formats:
-      digest, size, _ = manifest_lib.sha256_file(work / README)
-      files[README] = {"rows": 0, "sha256": digest, "bytes": size}
-    if "zarr" in plan.formats:
-      files.update(_zarr_files(plan, work / zarr_store.STORE_NAME))
-    _remove_strays(work, files)
-    progress.data["finalizing"] = files
-    progress.save()
-  files = progress.data["finalizing"]
-  # Rename every output into place (idempotent after a crash here).
+  if not (work / FINALIZING).exists():
+    if pid == 0 and done:
+      rows_done = sum(int(v.get("rows", 0)) for v in done.values())
+      log(f"resuming: {rows_done} of {plan.total_rows} rows already written")
+      resumed = True
+    mine = [(sp, k) for sp, k in part_assignment(plan, nproc)[pid]
+            if _part_key(sp, k) not in done]
+    classes = row_classes(plan, max_classes=max_classes) if mine else ()
+    generated = _generate_all(plan, work, mine, classes, devices,
+                              _Progress(work, pid, fp), on_progress,
+                              stop_after_parts)
+  barrier("generated")
+  files, by_format = {}, {}
+  if pid == 0:
+    files = _finish(plan, tier_dir, devices[0].platform, config)
+    for rel, entry in files.items():
+      f = _format_of(rel)
+      by_format[f] = by_format.get(f, 0) + int(entry.get("bytes", 0))
+  barrier("finished")
+  return Result(tier_dir=tier_dir, rows=plan.total_rows, generated=generated,
+                seconds=time.perf_counter() - t_start, files=files,
+                bytes_by_format=by_format, resumed=resumed)
+
+
+def _finish(plan: Plan, tier_dir: Path, platform: str, config) -> dict:
+  """Process 0, every part written: records the file entries, moves the
+  files into place and writes the manifest (idempotent after a crash)."""
+  work = tier_dir / PARTIAL
+  fin = work / FINALIZING
+  if fin.exists():
+    files = json.loads(fin.read_bytes())
+  else:
+    files = _finalize(plan, work, done_parts(work, plan.fingerprint()))
+    manifest_lib.write_atomic(fin, json.dumps(files).encode())
+  _remove_strays(work, files)
   for name in OUTPUT_NAMES:
     src = work / name
     if src.exists():
@@ -722,21 +1082,13 @@ def run(plan: Plan, out_dir: str | os.PathLike, *, device=None,
         _remove(dst)
       os.replace(src, dst)
   manifest_lib.fsync_dir(tier_dir)
-  platform = (device.platform if device is not None
-              else jax.devices()[0].platform)
   m = manifest_lib.build(
       tier=plan.tier.name, seed_base=plan.seed_base, files=files,
       formats=plan.formats, config=config or {}, device=platform)
   manifest_lib.write(tier_dir, m)
   shutil.rmtree(work)
   manifest_lib.fsync_dir(tier_dir)
-  by_format = {}
-  for rel, entry in files.items():
-    f = _format_of(rel)
-    by_format[f] = by_format.get(f, 0) + int(entry.get("bytes", 0))
-  return Result(tier_dir=tier_dir, rows=plan.total_rows, generated=generated,
-                seconds=time.perf_counter() - t_start, files=files,
-                bytes_by_format=by_format, resumed=resumed)
+  return files
 
 
 def _put(q: queue.Queue, item, stop: threading.Event) -> None:
@@ -759,34 +1111,61 @@ def _get(q: queue.Queue, stop: threading.Event):
   raise _Stop()
 
 
-def _generate_all(plan: Plan, work: Path, progress: _Progress, device,
-                  done_rows: int, on_progress, stop_after_parts) -> int:
-  """Generates every missing part; returns the rows generated.
+def _batches(plan: Plan, sp: SplitPlan, part: int,
+             classes: Sequence[tiers.Shapes], batch: int
+             ) -> list[tuple[tiers.Shapes, np.ndarray]]:
+  """A part's rows as (static sizes, [<= batch] ascending row indices)
+  batches, grouped by row class."""
+  lo, hi = sp.part_range(part, plan.part_rows)
+  cls = np.full(hi - lo, -1)
+  if classes:
+    p, s = row_sizes(plan, sp, rows_axes(plan, sp, lo, hi))
+    cls = assign_classes(classes, p, s)
+  out = []
+  for c in np.unique(cls):
+    shapes = classes[c] if c >= 0 else sp.shapes
+    rows = np.flatnonzero(cls == c) + lo
+    out += [(shapes, rows[i:i + batch]) for i in range(0, len(rows), batch)]
+  return out
 
-  Threads: the caller dispatches jitted batches; a host thread copies each
-  finished batch to the host and trims it; one thread a format serialises
-  and writes it (numpy, Arrow, tensorstore and hashlib release the GIL, so
-  the formats use the cores in parallel). A part is recorded in the
-  progress file once every format has made it durable.
+
+def _generate_all(plan: Plan, work: Path, todo: Sequence[tuple[SplitPlan,
+                                                               int]],
+                  classes: Sequence[tiers.Shapes], devices: Sequence[Any],
+                  progress: _Progress, on_progress, stop_after_parts) -> int:
+  """Generates the parts `todo`; returns the rows generated.
+
+  Threads: the caller dispatches jitted batches (one row class each); a
+  host thread copies each finished batch to the host and trims it; one
+  thread a format serialises and writes it (numpy, Arrow, tensorstore and
+  hashlib release the GIL, so the formats use the cores in parallel). A
+  part is recorded in this process's progress file once every format has
+  made it durable.
   """
   makers = {"zarr": _ZarrWriter, "jsonl": _JsonlWriter,
             "parquet": _ParquetWriter}
   writers = [makers[f](plan, work) for f in FORMATS if f in plan.formats]
-  classes = shape_classes(plan.splits)
-  put = (lambda x: jax.device_put(x, device)) if device is not None else (
-      jnp.asarray)
-  fns = {shapes: functools.partial(_rows_batch, plan.tier, shapes=shapes,
-                                   renders=plan.renders,
-                                   vmap_rows=plan.vmap_rows)
-         for shapes in set(classes.values())}
+  nd = len(devices)
+  mesh = Mesh(np.asarray(devices), ("rows",)) if nd > 1 else None
+  put = ((lambda x: jax.device_put(x, devices[0])) if nd == 1 else
+         (lambda x: x))
+  batch = -(-plan.batch_size // nd) * nd
+  fns = {}
+
+  def fn(shapes):
+    if shapes not in fns:
+      fns[shapes] = functools.partial(
+          _rows_batch, plan.tier, shapes=shapes, renders=plan.renders,
+          vmap_rows=plan.vmap_rows, mesh=mesh)
+    return fns[shapes]
 
   stop = threading.Event()
-  state = {"error": None, "done": done_rows, "parts": 0}
+  total = sum(np.diff(sp.part_range(k, plan.part_rows))[0] for sp, k in todo)
+  state = {"error": None, "done": 0, "parts": 0}
   lock = threading.Lock()
   pending: dict = {}
   device_q: queue.Queue = queue.Queue(maxsize=2)
   host_qs = [queue.Queue(maxsize=2) for _ in writers]
-  total = plan.total_rows
 
   def fail(e: BaseException) -> None:
     with lock:
@@ -802,15 +1181,13 @@ def _generate_all(plan: Plan, work: Path, progress: _Progress, device,
       if len(got) < len(writers):
         return
       del pending[(sp.name, part)]
-      st = progress.split(sp.name)
+      lo, hi = sp.part_range(part, plan.part_rows)
+      record = {"rows": hi - lo}
       for u in got:
         for k, v in u.items():
-          if k == "files":
-            st["files"].update(v)
-          else:
-            st[k] = v
-      st["parts"] = part + 1
-      progress.save()
+          record.setdefault(k, {}).update(v) if k == "files" else (
+              record.__setitem__(k, v))
+      progress.record(_part_key(sp, part), record)
       state["parts"] += 1
       if stop_after_parts is not None and state["parts"] >= stop_after_parts:
         raise EmitInterrupted(f"stopped after {state['parts']} parts "
@@ -821,15 +1198,16 @@ def _generate_all(plan: Plan, work: Path, progress: _Progress, device,
       while True:
         item = _get(device_q, stop)
         if item is not None:
-          sp, part, start, count, rows_dev, last = item
-          rows = trim(jax.device_get(rows_dev), sp.shapes, count)
+          sp, part, shapes, rows_idx, rows_dev, last = item
+          rows = trim(jax.device_get(rows_dev), _fit(shapes, sp),
+                      len(rows_idx))
           del rows_dev
-          item = (sp, part, start, rows, last)
+          item = (sp, part, rows_idx, rows, last)
         for q in host_qs:
           _put(q, item, stop)
         if item is None:
           return
-        state["done"] += count
+        state["done"] += len(rows_idx)
         if on_progress is not None:
           on_progress(state["done"], total)
     except _Stop:
@@ -838,23 +1216,15 @@ def _generate_all(plan: Plan, work: Path, progress: _Progress, device,
       fail(e)
 
   def format_loop(writer, q: queue.Queue) -> None:
-    current = None
     try:
       while True:
         item = _get(q, stop)
         if item is None:
           return
-        sp, part, start, rows, last = item
-        if current is not sp:
-          writer.begin(sp, progress.split(sp.name))
-          current = sp
-        writer.write(sp, rows, start)
+        sp, part, rows_idx, rows, last = item
+        writer.write(sp, rows, rows_idx)
         if last:
-          updates = writer.end_part(sp, part)
-          if part + 1 == sp.num_parts(plan.part_rows):
-            updates.update(writer.end_split(sp))
-            current = None
-          part_done(sp, part, updates)
+          part_done(sp, part, writer.end_part(sp, part))
     except _Stop:
       pass
     except BaseException as e:
@@ -872,26 +1242,20 @@ def _generate_all(plan: Plan, work: Path, progress: _Progress, device,
 
   generated = 0
   try:
-    for sp in plan.splits:
-      st = progress.split(sp.name)
-      n_parts = sp.num_parts(plan.part_rows)
-      if st["parts"] >= n_parts:
-        continue
-      fn = fns[classes[sp.name]]
+    for sp, part in todo:
       key_data = put(split_key_data(plan.seed_base, sp.split, sp.bucket))
       fixed = put(np.asarray(sp.axes if sp.axes is not None else
                              (0,) * plan.tier.num_axes, np.int32))
       sample = put(np.asarray(sp.axes is None))
-      b = plan.batch_size
-      for part in range(st["parts"], n_parts):
-        lo, hi = sp.part_range(part, plan.part_rows)
-        for start in range(lo, hi, b):
-          count = min(b, hi - start)
-          idx = put(np.arange(start, start + b, dtype=np.int32))
-          rows_dev = fn(key_data, idx, fixed, sample)
-          _put(device_q, (sp, part, start, count, rows_dev,
-                          start + b >= hi), stop)
-          generated += count
+      batches = _batches(plan, sp, part, classes, batch)
+      for i, (shapes, rows_idx) in enumerate(batches):
+        idx = np.full(batch, rows_idx[-1], np.int32)
+        idx[:len(rows_idx)] = rows_idx
+        rows_dev = fn(shapes)(key_data, put(idx), put(np.int32(len(rows_idx))),
+                              fixed, sample)
+        _put(device_q, (sp, part, shapes, rows_idx, rows_dev,
+                        i == len(batches) - 1), stop)
+        generated += len(rows_idx)
     _put(device_q, None, stop)
     for t in threads:
       t.join()

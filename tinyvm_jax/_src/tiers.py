@@ -79,7 +79,9 @@ class Tier:
   [A] axes. `straight_line`: the programs hold only fill ops, PRINT, NOP
   and HALT (Tier 0/1), so rows run on `interpreter.run_straight_line`,
   whose traces equal `run`'s for such programs at about a third of the
-  cost.
+  cost. `row_bounds_fn(axes [N, A] numpy) -> (P [N], S [N])`: per-row
+  program length and step bounds (host, vectorised), so that a pipeline
+  can compute each row at sizes near its own instead of the split's.
   """
   name: str
   axis_names: tuple[str, ...]
@@ -90,7 +92,18 @@ class Tier:
   sample_axes_fn: Callable[[jax.Array], jax.Array]
   program_fn: Callable[..., Program]
   shapes_fn: Callable[[Sequence[int]], Shapes]  # concrete axes -> Shapes
+  row_bounds_fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
   straight_line: bool = False
+
+  def row_bounds(self, axes) -> tuple[np.ndarray, np.ndarray]:
+    """([N] P, [N] S): each row's program length and step bounds from its
+    [N, A] concrete axes (host)."""
+    axes = np.asarray(axes)
+    if axes.ndim != 2 or axes.shape[1] != self.num_axes:
+      raise ValueError(f"tier {self.name!r}: axes must be [N, "
+                       f"{self.num_axes}], got {axes.shape}")
+    p, s = self.row_bounds_fn(axes)
+    return np.asarray(p, np.int64), np.asarray(s, np.int64)
 
   @property
   def num_axes(self) -> int:
@@ -139,17 +152,22 @@ def _tier0_axes(key: jax.Array) -> jax.Array:
   return jnp.stack([4 + keys_lib.uniform_int(w[0], 5)])
 
 
+def _straight_line_bounds(axes: np.ndarray):
+  n = np.asarray(axes, np.int64)[:, 0] + 2
+  return n, n
+
+
 def _tier0_program(key, axes, *, max_len):
   return generators.gen_counter(key, axes[0], max_len=max_len)
 
 
-_TIER1_K = jnp.array([2, 4, 8], jnp.int32)
+_TIER1_K = np.array([2, 4, 8], np.int32)
 
 
 def _tier1_axes(key: jax.Array) -> jax.Array:
   w = keys_lib.random_words(key, jnp.arange(1), 0)[0]
   return jnp.stack([8 + keys_lib.uniform_int(w[0], 25),
-                    _TIER1_K[keys_lib.uniform_int(w[1], 3)]])
+                    jnp.asarray(_TIER1_K)[keys_lib.uniform_int(w[1], 3)]])
 
 
 def _tier1_program(key, axes, *, max_len):
@@ -165,7 +183,7 @@ def _tier0() -> Tier:
       renders=("direct",), sample_axes_fn=_tier0_axes,
       program_fn=_tier0_program,
       shapes_fn=lambda axes: _straight_line_shapes(int(axes[0])),
-      straight_line=True)
+      row_bounds_fn=_straight_line_bounds, straight_line=True)
 
 
 def _tier1() -> Tier:
@@ -178,11 +196,11 @@ def _tier1() -> Tier:
       renders=("direct",), sample_axes_fn=_tier1_axes,
       program_fn=_tier1_program,
       shapes_fn=lambda axes: _straight_line_shapes(int(axes[0])),
-      straight_line=True)
+      row_bounds_fn=_straight_line_bounds, straight_line=True)
 
 
 # ------------------------------------------------------------- tier 2
-_TIER2_K = jnp.array([4, 6, 8], jnp.int32)
+_TIER2_K = np.array([4, 6, 8], np.int32)
 _TIER2_AXES = ("n", "k", "b", "l", "use_stack", "stack_frames")
 
 
@@ -198,7 +216,7 @@ def _branched_shapes(n: int, k: int, b: int, l: int, frames: int, *,
 def _tier2_axes(key: jax.Array) -> jax.Array:
   w = keys_lib.random_words(key, jnp.arange(3), 0)
   return jnp.stack([16 + keys_lib.uniform_int(w[0, 0], 241),
-                    _TIER2_K[keys_lib.uniform_int(w[0, 1], 3)],
+                    jnp.asarray(_TIER2_K)[keys_lib.uniform_int(w[0, 1], 3)],
                     1 + keys_lib.uniform_int(w[1, 0], 8),
                     keys_lib.uniform_int(w[1, 1], 17),
                     keys_lib.uniform_int(w[2, 0], 2),
@@ -224,7 +242,8 @@ def _tier2() -> Tier:
       eval_buckets=buckets, renders=("direct", "cot"),
       sample_axes_fn=_tier2_axes, program_fn=_tier2_program,
       shapes_fn=lambda a: _branched_shapes(*(int(a[i]) for i in (0, 1, 2, 3, 5)),
-                                           b_min=int(a[2])))
+                                           b_min=int(a[2])),
+      row_bounds_fn=branched.row_bounds)
 
 
 TIERS: dict[str, Tier] = {"tier0": _tier0(), "tier1": _tier1(),

@@ -20,8 +20,11 @@ ids uint8, register values int16, ...); readers get them back as int32 (bool
 and uint64 stay). Arrays are sharded: one shard file per `part_rows` rows
 (the emit's unit of work and of resume), holding inner chunks of
 `chunk_rows` rows, each compressed on its own, so a reader of one row
-decompresses `chunk_rows` rows, not a shard. Chunks equal to the fill value
-(all zero: the empty stack of Tier 0/1) are not stored at all.
+decompresses `chunk_rows` rows, not a shard. Each array's fill value is its
+padding value (`fill_value`: PAD for token ids, NOP for opcodes, -1 for jump
+targets and labels, else 0), so a writer may write a row's unpadded prefix
+only and the stored bytes are the same as for the padded row; chunks equal
+to the fill value (the empty stack of Tier 0/1) are not stored at all.
 """
 
 import json
@@ -36,7 +39,7 @@ from tinyvm_jax._src.types import Program, Render, Rows, Tokens, Trace
 
 STORE_NAME = "rows.zarr"
 ATTR_KEY = "tinyvm_jax"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: fill values are the padding values
 
 # Storage types: the narrowest that holds every value of a valid row.
 _INT16_FIELDS = {"lit", "target", "target_label", "label", "length", "pc",
@@ -108,6 +111,20 @@ def store_dtype(name: str) -> np.dtype:
   if leaf in _INT16_FIELDS:
     return np.dtype(np.int16)
   raise StoreError(f"no storage type for array {name!r}")
+
+
+_FILL_VALUES = {"program/op": isa.NOP, "program/target": -1,
+                "program/target_label": -1, "program/label": -1}
+
+
+def fill_value(name: str):
+  """The padding value of array `name` (its zarr fill value): what every
+  row holds past its own length (see `program.pad_to`, `render.compact`)."""
+  if store_dtype(name) == np.bool_:
+    return False
+  if name.startswith("renders/") and name.endswith("_ids"):
+    return isa.TOK_PAD
+  return _FILL_VALUES.get(name, 0)
 
 
 def read_dtype(name: str) -> np.dtype:
@@ -184,7 +201,7 @@ def write_group(path: str | os.PathLike, attributes: Mapping[str, Any]
   meta = {"zarr_format": 3, "node_type": "group",
           "attributes": dict(attributes)}
   data = json.dumps(meta, indent=2).encode()
-  tmp = path / ".zarr.json.tmp"
+  tmp = path / f".zarr.json.{os.getpid()}.tmp"   # processes may race
   tmp.write_bytes(data)
   os.replace(tmp, path / "zarr.json")
 
@@ -214,7 +231,7 @@ def _array_spec(path: Path, name: str, shape: Sequence[int], *,
           "chunk_grid": {"name": "regular",
                          "configuration": {"chunk_shape": [part_rows] + rest}},
           "chunk_key_encoding": {"name": "default"},
-          "fill_value": False if dtype == np.bool_ else 0,
+          "fill_value": fill_value(name),
           "codecs": [{"name": "sharding_indexed", "configuration": {
               "chunk_shape": [chunk_rows] + rest,
               "codecs": inner,
@@ -237,7 +254,8 @@ class GroupWriter:
                example: Mapping[str, np.ndarray], *, part_rows: int,
                chunk_rows: int,
                codec: Mapping[str, Any] | None = DEFAULT_CODEC,
-               attributes: Mapping[str, Any] | None = None):
+               attributes: Mapping[str, Any] | None = None,
+               create: bool = True):
     """Creates (or reopens, for a resume) the group's arrays.
 
     Args:
@@ -249,6 +267,9 @@ class GroupWriter:
       chunk_rows: rows an inner (compressed) chunk holds.
       codec: the zarr v3 compression codec of inner chunks (None: raw).
       attributes: the group's attributes.
+      create: create the group and arrays (or check that they match); False
+        only opens arrays another writer created (several processes write
+        one store: one creates it, all write disjoint parts).
     """
     if part_rows % chunk_rows:
       raise StoreError(f"part_rows={part_rows} is not a multiple of "
@@ -256,18 +277,19 @@ class GroupWriter:
     ts = _ts()
     self.path = Path(root) / group
     parts = group.split("/")
-    for i in range(1, len(parts)):  # intermediate groups (e.g. "eval")
-      sub = Path(root).joinpath(*parts[:i])
-      if not (sub / "zarr.json").exists():
-        write_group(sub, {})
-    write_group(self.path, attributes or {})
+    if create:
+      for i in range(1, len(parts)):  # intermediate groups (e.g. "eval")
+        sub = Path(root).joinpath(*parts[:i])
+        if not (sub / "zarr.json").exists():
+          write_group(sub, {})
+      write_group(self.path, attributes or {})
     self.num_rows = num_rows
     self._arrays = {}
     for name, x in example.items():
       spec = _array_spec(self.path, name, (num_rows,) + x.shape[1:],
                          part_rows=part_rows,
                          chunk_rows=min(chunk_rows, part_rows), codec=codec)
-      spec.update(create=True, open=True)
+      spec.update(create=create, open=True)
       self._arrays[name] = ts.open(spec).result()
     self._txn = None
 
@@ -281,6 +303,24 @@ class GroupWriter:
       x = arrays[name]
       futures.append(arr.with_transaction(self._txn)[
           start:start + x.shape[0]].write(x))
+    for f in futures:
+      f.result()
+
+  def write_rows(self, rows, arrays: Mapping[str, np.ndarray]) -> None:
+    """Writes rows at positions `rows` ([B] ascending ints) of every array;
+    each array's `[B, ...]` value may be shorter than the array in its
+    trailing dimensions (the rest of each row keeps the fill value)."""
+    ts = _ts()
+    rows = np.asarray(rows, np.int64)
+    if self._txn is None:
+      self._txn = ts.Transaction()
+    contiguous = rows.size and rows[-1] - rows[0] + 1 == rows.size
+    sel = slice(int(rows[0]), int(rows[-1]) + 1) if contiguous else rows
+    futures = []
+    for name, arr in self._arrays.items():
+      x = arrays[name]
+      index = (sel,) + tuple(slice(0, d) for d in x.shape[1:])
+      futures.append(arr.with_transaction(self._txn)[index].write(x))
     for f in futures:
       f.result()
 
