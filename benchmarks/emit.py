@@ -9,6 +9,7 @@ ru_utime + ru_stime). Prints a line a run and ends with one JSON line.
   python benchmarks/emit.py --tier=tier1                  # reference sizes
   python benchmarks/emit.py --tier=tier1 --train_size=20000 --eval_size=2000
   python benchmarks/emit.py --codecs                      # zarr codec choice
+  python benchmarks/emit.py --tier=tier2 --runs=zarr --cold   # full Tier 2 zarr
 
 `--codecs` measures zarr compression instead: Tier 1 rows (train and
 eval len_128) written with each candidate codec; bytes and write time.
@@ -63,8 +64,9 @@ def bench_formats(args) -> dict:
   cache = ["--compile_cache=" + args.compile_cache] if (
       args.compile_cache is not None) else []
   results = {}
-  runs = [[f] for f in ("zarr", "parquet", "jsonl")] + [
-      ["zarr", "jsonl", "parquet"]]
+  runs = [r.split("+") for r in args.runs.split(",")]
+  if args.cold:  # an empty compilation cache: compile time included
+    cache = ["--compile_cache=" + tempfile.mkdtemp(prefix="tinyvm-cache-")]
   if args.warm:  # fill the compilation cache first, untimed
     warm_dir = root / "warm"
     _run([sys.executable, "-m", "tinyvm_jax.emit", f"--tier={args.tier}",
@@ -83,7 +85,7 @@ def bench_formats(args) -> dict:
     print(f"{name:>20}: {r['seconds']:7.1f} s ({r['cpu_seconds']:6.1f} s "
           f"CPU)  {r['bytes'] / 1e6:9.1f} MB  peak RSS "
           f"{r['peak_rss_bytes'] / 1e6:6.0f} MB   [{r['line']}]", flush=True)
-  out = root / "zarr+jsonl+parquet"
+  out = root / name   # the last run's dataset
   r = _run([sys.executable, "-m", "tinyvm_jax.verify",
             f"--dataset={out / args.tier}"])
   results["verify_dataset"] = r
@@ -97,7 +99,7 @@ def bench_formats(args) -> dict:
              "train_size": args.train_size,
              "eval_size": args.eval_size, "runs": results,
              "reference": ref}
-  if "jsonl_seconds" in ref:
+  if "jsonl_seconds" in ref and "zarr+jsonl+parquet" in results:
     summary["speedup_all_formats_vs_reference_jsonl"] = round(
         ref["jsonl_seconds"] / results["zarr+jsonl+parquet"]["seconds"], 1)
   return summary
@@ -163,6 +165,11 @@ def main():
   ap.add_argument("--keep", action="store_true", help="keep the outputs")
   ap.add_argument("--warm", action="store_true",
                   help="fill the compilation cache before timing")
+  ap.add_argument("--runs", default="zarr,parquet,jsonl,zarr+jsonl+parquet",
+                  help="emits to time, comma-separated; formats of one "
+                       "emit joined by +")
+  ap.add_argument("--cold", action="store_true",
+                  help="time with an empty compilation cache")
   ap.add_argument("--compile_cache", default=None,
                   help="passed to emit ('' disables the cache)")
   ap.add_argument("--codecs", action="store_true",

@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Speed and memory only (the rows do not depend on them); 0: automatic,
   # 2048 and 256 on a CPU, 16384 and 16384 on a GPU or TPU.
   c.batch_size = 0            # rows a jitted call
+  c.max_classes = 8           # row classes (static sizes rows are computed at)
   c.vmap_rows = 0             # rows vectorised together inside a call
   # Layout of the output:
   c.part_rows = 8192          # rows a part (unit of resume, zarr shard,

@@ -17,9 +17,11 @@ def get_config() -> ml_collections.ConfigDict:
   # 2048 and 256 on a CPU, 16384 and 16384 on a GPU or TPU.
   c.batch_size = 128          # rows a jitted call (cot targets are long)
   c.vmap_rows = 32            # rows vectorised together inside a call
-  # Layout of the output:
-  c.part_rows = 8192          # rows a part (unit of resume, zarr shard,
+  c.max_classes = 8           # row classes (static sizes rows are computed at)
+  # Layout of the output (a train row holds up to 124,357 cot target tokens
+  # and 1,615 steps: parts and chunks are smaller than Tier 0/1's):
+  c.part_rows = 2048          # rows a part (unit of resume, zarr shard,
                               # Parquet file); a multiple of chunk_rows
-  c.chunk_rows = 1024         # rows a compressed zarr chunk (unit of a read)
+  c.chunk_rows = 256          # rows a compressed zarr chunk (unit of a read)
   c.zarr_codec = "zstd:1"     # zstd:<level>, blosc:<cname>:<level>, none
   return c

@@ -54,6 +54,10 @@ flags.DEFINE_bool("progress", None,
                   "Show a progress bar (default: when stderr is a terminal).")
 flags.DEFINE_integer("num_devices", 0, "Local devices to use (0: all of the "
                      "platform's).", lower_bound=0)
+flags.DEFINE_integer("cpu_devices", None, "On a CPU: JAX devices to split it "
+                     "into, each computing its share of a batch in parallel "
+                     "(default: one a core, up to 8, unless XLA_FLAGS sets "
+                     "--xla_force_host_platform_device_count).", lower_bound=1)
 flags.DEFINE_integer("num_processes", None, "Processes of a multi-process "
                      "emit (default 1, or what JAX's cluster detection "
                      "finds with --coordinator_address unset).", lower_bound=1)
@@ -140,6 +144,24 @@ def _select_devices(name: str | None, count: int) -> list:
     raise UserError(f"--num_devices={count}: this process has only "
                     f"{len(devices)} {devices[0].platform} device(s)")
   return devices[:count] if count else devices
+
+
+_HOST_COUNT = "--xla_force_host_platform_device_count"
+
+
+def _split_cpu() -> None:
+  """Sets XLA's host device count (before JAX starts a backend): one JAX
+  CPU device a core, so that batches run on every core."""
+  if FLAGS.device not in (None, "cpu"):
+    return
+  xla = os.environ.get("XLA_FLAGS", "")
+  if FLAGS.cpu_devices is None and _HOST_COUNT in xla:
+    return
+  n = FLAGS.cpu_devices or max(1, min(8, len(os.sched_getaffinity(0))
+                                      if hasattr(os, "sched_getaffinity")
+                                      else os.cpu_count() or 1))
+  kept = [f for f in xla.split() if not f.startswith(_HOST_COUNT)]
+  os.environ["XLA_FLAGS"] = " ".join(kept + [f"{_HOST_COUNT}={n}"])
 
 
 def _start_distributed() -> tuple[int, int]:
@@ -283,6 +305,7 @@ def main(argv) -> int:
     out = _check_out(FLAGS.out)
   except (UserError, pipeline.EmitError) as e:
     _fail(str(e))
+  _split_cpu()
   try:
     pid, nproc = _start_distributed()
   except UserError as e:

@@ -12,7 +12,8 @@ and running the same command again resumes the emit.
 
 Devices per process: `--gpus_per_process=K` gives process i the GPUs
 i*K .. i*K+K-1 (`CUDA_VISIBLE_DEVICES`); `--cpu_devices_per_process=K`
-splits each process's CPU into K JAX devices (`XLA_FLAGS`). For several
+splits each process's CPU into K JAX devices (`XLA_FLAGS`; default: the
+machine's cores shared out between the processes). For several
 hosts, run `python -m tinyvm_jax.emit` on each with the same flags, its
 own `--process_id` and process 0's `--coordinator_address` (README,
 "Scaling out").
@@ -36,8 +37,8 @@ flags.DEFINE_integer("gpus_per_process", 0, "GPUs each process sees "
                      "(CUDA_VISIBLE_DEVICES); 0 leaves the environment as "
                      "it is.", lower_bound=0)
 flags.DEFINE_integer("cpu_devices_per_process", 0, "JAX CPU devices each "
-                     "process splits its CPU into (XLA_FLAGS); 0: JAX's "
-                     "default (one).", lower_bound=0)
+                     "process splits its CPU into (XLA_FLAGS); 0: the cores "
+                     "shared out between the processes.", lower_bound=0)
 flags.DEFINE_float("grace_seconds", 5.0, "How long stopped processes get "
                    "to exit before they are killed.", lower_bound=0)
 
@@ -60,11 +61,13 @@ def _env(i: int) -> dict:
   k = FLAGS.gpus_per_process
   if k:
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i * k + j) for j in range(k))
-  if FLAGS.cpu_devices_per_process:
+  else:
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    n = FLAGS.cpu_devices_per_process or max(1, cores // FLAGS.num_processes)
     xla = [f for f in env.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
-    xla.append("--xla_force_host_platform_device_count="
-               f"{FLAGS.cpu_devices_per_process}")
+    xla.append(f"--xla_force_host_platform_device_count={n}")
     env["XLA_FLAGS"] = " ".join(xla)
   return env
 

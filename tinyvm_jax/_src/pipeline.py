@@ -1,30 +1,36 @@
-"""The emit pipeline: rows generated in jitted batches on a device, written
-by host threads to zarr, JSONL and Parquet, resumable after a crash.
+"""The emit pipeline: rows generated in jitted batches on the local devices,
+written by host threads to zarr, JSONL and Parquet, resumable after a crash,
+by one process or several.
 
 Work is cut into *parts*: `part_rows` consecutive rows of one split (one zarr
-shard, one Parquet file, one durable step of the JSONL file). The main thread
-dispatches jitted batches of `batch_size` rows into a bounded queue (JAX
-dispatch is asynchronous, so the device computes the next batches while the
-host writes); a host thread copies each finished batch to the host and trims
-it; one thread a format serialises and writes it. Memory is bounded by the
-queues, one batch and one part, whatever the dataset size.
+shard, one Parquet file, one JSONL piece). Each process takes a contiguous
+run of the dataset's parts (`part_assignment`). For a part, the main thread
+groups the rows by *row class* (`row_classes`: a few static sizes chosen from
+the rows' own bounds, so that a short Tier 2 row is not computed at the
+split's 1,615 steps) and dispatches jitted batches of one class each, sharded
+over the process's devices (`shard_map`), into a bounded queue (JAX dispatch
+is asynchronous, so the devices compute the next batches while the host
+writes); a host thread copies each finished batch to the host and trims it;
+one thread a format places the rows at their positions and writes the part.
+Memory is bounded by the queues, a few batches and one part, whatever the
+dataset size.
 
 Crash safety. Everything is written under `<tier>/.partial/`, in the final
-layout. When a part is written and fsynced, `.partial/progress.json` records
-it (atomically). A rerun with the same settings (same fingerprint) keeps the
-finished parts, truncates each JSONL file to its last recorded part, and
-regenerates only what is missing: rows depend on (seed, split, bucket, index)
-only, so the result is byte-identical to an uninterrupted run. When all parts
-are done the hashes are recorded, the files are renamed into place and
-`manifest.json` is written last (temporary name + `os.replace`): no manifest
-means the emit did not finish.
+layout (JSONL as one piece a part). When a part is durable in every format,
+the process's progress file records it (atomically). A rerun with the same
+settings (same fingerprint), with any number of processes, keeps the
+recorded parts and regenerates only the others: rows depend on (seed,
+split, bucket, index) only, so the result is byte-identical to an
+uninterrupted run. When all parts are done (a barrier), process 0
+concatenates the JSONL pieces, records the hashes, renames the files into
+place and writes `manifest.json` last (temporary name + `os.replace`): no
+manifest means the emit did not finish.
 
 Compilation. A row's content does not depend on the static sizes it is
-computed at (programs, traces and renders are padding-independent), so splits
-with similar sizes share one compiled function at their largest sizes, and
-every batch is trimmed back to its split's own sizes before it is written.
-`shape_classes` chooses the sharing with a small cost model (compile time
-against the extra work of padding).
+computed at (programs, traces and renders are padding-independent, and each
+zarr array's fill value is its padding value), so a row class is one
+compilation shared by every split, and every batch is trimmed back to its
+split's sizes before it is written.
 """
 
 import dataclasses
