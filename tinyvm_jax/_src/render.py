@@ -11,10 +11,14 @@ moves the valid ones to the front of a PAD-filled array of static length `T`.
 The true count is returned as `length`; `length > T` means the render did not
 fit (the tokens past `T` are dropped) and is for the host to check.
 
-Programs without labels (Tier 0/1; `render_direct(..., label_digits=0)`)
-take the *plain layout*, a dozen times cheaper on a CPU and equal token for
-token: each instruction's tokens are built already compacted in a short
-window, and the windows are added into place (see `place_windows`).
+The renders themselves take a cheaper *windowed layout*, equal token for
+token (the slot path stays as their reference, `_render_*_slots`): each
+instruction's tokens are built already compacted in a short window (the
+*plain layout* for programs without labels, Tier 0/1), each step's register
+file likewise, and the windows are added into place (see `place_windows`),
+about 5 times cheaper on a CPU. The window widths come from a static promise
+on the programs (`label_digits`, `literal_digits`); a program that breaks it
+gets an overflowing length for the host to reject.
 """
 
 import functools
@@ -212,18 +216,24 @@ def _number_window(value: jax.Array, j: jax.Array, first: jax.Array
 
 
 @functools.cache
-def _literal_table(literal_digits: int) -> np.ndarray:
-  """[2 * 10**d - 1] int32: the tokens `MINUS? digits` of every literal v
-  with at most d digits (at index v + 10**d - 1), 6 bits a token, first
-  token lowest."""
-  hi = 10 ** literal_digits - 1
-  out = np.zeros(2 * hi + 1, np.int64)
-  for v in range(-hi, hi + 1):
+def _number_table(lo: int, hi: int) -> np.ndarray:
+  """[hi - lo + 1] int32: the tokens `MINUS? digits` of every v in [lo, hi]
+  (at index v - lo), 6 bits a token, first token lowest (at most 5 tokens,
+  so every entry is below 2**30)."""
+  out = np.zeros(hi - lo + 1, np.int64)
+  for v in range(lo, hi + 1):
     toks = ([isa.TOK_MINUS] if v < 0 else []) + [
         isa.TOK_DIGIT0 + int(c) for c in str(abs(v))]
-    out[v + hi] = sum(t << (6 * k) for k, t in enumerate(toks))
-  assert out.max() < 2 ** 31
+    out[v - lo] = sum(t << (6 * k) for k, t in enumerate(toks))
+  assert out.max() < 2 ** 30
   return out.astype(np.int32)
+
+
+def _literal_table(literal_digits: int) -> np.ndarray:
+  """[2 * 10**d - 1] int32: `_number_table` of every literal v with at most
+  d digits (at index v + 10**d - 1)."""
+  hi = 10 ** literal_digits - 1
+  return _number_table(-hi, hi)
 
 
 def plain_instruction_windows(program: Program, *, literal_digits: int
@@ -268,6 +278,38 @@ def plain_instruction_windows(program: Program, *, literal_digits: int
   return jnp.where(live[:, None], toks, 0), count, ok
 
 
+def _place(groups, body: jax.Array, size: int, *, bos: bool, eos: bool
+           ) -> Tokens:
+  """`BOS? + body + EOS?` in a PAD-filled array of `size`, the body's
+  `body` tokens added in from windows.
+
+  Args:
+    groups: (windows [N, W] int32, start [N] int32) pairs; each window's
+      tokens first, then zeros, added in at `start` (BOS counted). Windows
+      may only overlap in their zero tails.
+    body: [] int32, the number of body tokens.
+    size: static length `T`.
+  """
+  pad = max(w.shape[-1] for w, _ in groups)
+  dims = jax.lax.ScatterDimensionNumbers(
+      update_window_dims=(1,), inserted_window_dims=(),
+      scatter_dims_to_operand_dims=(0,))
+  out = jnp.zeros(size + pad, jnp.int32)
+  for windows, start in groups:
+    out = jax.lax.scatter_add(
+        out, jnp.minimum(start, size)[:, None], windows.astype(jnp.int32),
+        dims, indices_are_sorted=True, unique_indices=False,
+        mode="promise_in_bounds")
+  t = jnp.arange(size)
+  last = int(bos) + body                     # one past the body
+  ids = jnp.where(t < last, out[:size], isa.TOK_PAD)
+  if bos:
+    ids = jnp.where(t == 0, isa.TOK_BOS, ids)
+  if eos:
+    ids = jnp.where(t == last, isa.TOK_EOS, ids)
+  return Tokens(ids=ids, length=last + int(eos))
+
+
 def place_windows(windows: jax.Array, count: jax.Array, size: int, *,
                   bos: bool = True, eos: bool = True) -> Tokens:
   """`BOS? + windows' tokens in order + EOS?` in a PAD-filled array.
@@ -280,25 +322,10 @@ def place_windows(windows: jax.Array, count: jax.Array, size: int, *,
   Returns:
     `Tokens` ([T] ids; tokens past `T` dropped, `length` the true count).
   """
-  w = windows.shape[-1]
   end = jnp.cumsum(count, dtype=jnp.int32)
-  start = int(bos) + end - count
   total = end[-1] if count.shape[0] else jnp.int32(0)
-  dims = jax.lax.ScatterDimensionNumbers(
-      update_window_dims=(1,), inserted_window_dims=(),
-      scatter_dims_to_operand_dims=(0,))
-  body = jax.lax.scatter_add(
-      jnp.zeros(size + w, jnp.int32), jnp.minimum(start, size)[:, None],
-      windows.astype(jnp.int32), dims, indices_are_sorted=True,
-      unique_indices=False, mode="promise_in_bounds")[:size]
-  t = jnp.arange(size)
-  last = int(bos) + total                    # one past the body
-  ids = jnp.where(t < last, body, isa.TOK_PAD)
-  if bos:
-    ids = jnp.where(t == 0, isa.TOK_BOS, ids)
-  if eos:
-    ids = jnp.where(t == last, isa.TOK_EOS, ids)
-  return Tokens(ids=ids, length=last + int(eos))
+  return _place([(windows, int(bos) + end - count)], total, size, bos=bos,
+                eos=eos)
 
 
 def plain_output_windows(trace: Trace, count: int
@@ -321,20 +348,240 @@ def plain_output_windows(trace: Trace, count: int
   return win, sizes[:count], sizes.sum(dtype=jnp.int32)
 
 
-def _plain_direct(program: Program, trace: Trace, *, literal_digits: int,
-                  max_input_len: int, max_target_len: int) -> Render:
-  """`render_direct` in the plain layout (no labels)."""
-  win, count, ok = plain_instruction_windows(program,
-                                             literal_digits=literal_digits)
-  inp = place_windows(win, count, max_input_len)
-  # a program breaking the promise reports an overflowing input
-  inp = inp.replace(length=jnp.where(ok, inp.length, max_input_len + 1))
+def _overflow(tokens: Tokens, ok: jax.Array, size: int) -> Tokens:
+  """`tokens` with length `size + 1` (an overflow the host rejects) unless
+  `ok`."""
+  return tokens.replace(length=jnp.where(ok, tokens.length, size + 1))
+
+
+def _direct_target(trace: Trace, size: int) -> Tokens:
+  """`BOS + (digits(v) NEWLINE for each output v) + EOS`."""
   # output k starts at or after 1 + 2k: only the first T_out // 2 show
-  shown = min(trace.output.shape[0], max_target_len // 2)
+  shown = min(trace.output.shape[0], size // 2)
   owin, ocount, total = plain_output_windows(trace, shown)
-  target = place_windows(owin, ocount, max_target_len)
-  target = target.replace(length=2 + total)
-  return Render(input=inp, target=target)
+  target = place_windows(owin, ocount, size)
+  return target.replace(length=2 + total)
+
+
+# ------------------------------------------------------------- windowed layout
+# Programs with labels (Tier 2) and the chain-of-thought renders take the
+# same idea further. A piece of a window (a label `L d..`, the opcode and its
+# registers, a literal, a register's value) is at most 5 tokens, packed in
+# one int32, first token lowest (6 bits a token; a value's MINUS and digits
+# 4 bits, `_value_table`); window slot j takes the last piece starting at or
+# before it and shifts its token out. No slot arrays and no compaction: the
+# windows are built compacted and added into place.
+
+
+def instruction_width(label_digits: int, literal_digits: int) -> int:
+  """Slots of one instruction's window: `[L d.. COLON] OP operands [L d..]
+  NEWLINE` (no label slots when `label_digits` is 0)."""
+  label = 2 + label_digits if label_digits else 0       # L d.. COLON
+  target = 1 + label_digits if label_digits else 0      # L d..
+  return label + plain_width(literal_digits) + target
+
+
+def _pick(j: jax.Array, pieces) -> tuple[jax.Array, jax.Array]:
+  """(packed, start) of the last piece starting at or before slot `j`.
+
+  Args:
+    j: [..., W] slots.
+    pieces: (packed [..., 1], start [..., 1]) in order of their starts;
+      the first starts at or before every slot.
+  """
+  packed, start = pieces[0]
+  shape = jnp.broadcast_shapes(j.shape, packed.shape, start.shape)
+  packed = jnp.broadcast_to(packed, shape)
+  start = jnp.broadcast_to(start, shape)
+  for p, s in pieces[1:]:
+    m = j >= s
+    packed = jnp.where(m, p, packed)
+    start = jnp.where(m, s, start)
+  return packed, start
+
+
+def _token(packed: jax.Array, k: jax.Array) -> jax.Array:
+  """Token `k` >= 0 of packed pieces (0 past their tokens)."""
+  return (packed >> (6 * jnp.minimum(k, 5))) & 63
+
+
+def instruction_windows(program: Program, *, label_digits: int,
+                        literal_digits: int
+                        ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Every instruction's tokens, compacted, labels included.
+
+  Args:
+    program: one `Program` ([P] arrays).
+    label_digits: static, the most digits of a label number (0: no labels).
+    literal_digits: static, the most digits of a LOAD literal (1..4).
+
+  Returns:
+    toks [P, W] int32 (`W = instruction_width(...)`, 0 after each
+    instruction's tokens), count [P] int32 (0 at or after
+    `program.length`), and ok [] bool: the program keeps the promise (labels
+    and literals within their digits, register operands in R0..R7), so the
+    windows equal `instruction_slots` token for token.
+  """
+  p = program.op.shape[-1]
+  w = instruction_width(label_digits, literal_digits)
+  lab_hi = 10 ** label_digits - 1
+  lit_hi = 10 ** literal_digits - 1
+  digits = jnp.asarray(_number_table(0, lab_hi))
+  op = jnp.clip(program.op, 0, isa.NUM_OPS - 1)                     # [P]
+  nregs = jnp.asarray(isa.N_REGS)[op]
+  has_lit = jnp.asarray(isa.N_LITS)[op] > 0
+  live = jnp.arange(p) < program.length
+  # pieces: `L d..` (+ COLON), OP R.., `MINUS? d..`, `L d..`; then NEWLINE
+  has_lab = program.label >= 0
+  lab = jnp.clip(program.label, 0, lab_hi)
+  n_lab = jnp.where(has_lab, 2 + _num_digits(lab), 0)
+  r = (isa.TOK_R0 + program.regs) & 63                              # [P, 3]
+  p_op = (jnp.asarray(isa.OP_TOKEN)[op] | (r[:, 0] << 6) | (r[:, 1] << 12)
+          | (r[:, 2] << 18))
+  lit = program.lit
+  n_lit = jnp.where(has_lit, (lit < 0).astype(jnp.int32)
+                    + _num_digits(jnp.abs(lit)), 0)
+  p_lit = jnp.asarray(_literal_table(literal_digits))[
+      jnp.clip(lit, -lit_hi, lit_hi) + lit_hi]
+  has_tgt = program.target_label >= 0
+  tgt = jnp.clip(program.target_label, 0, lab_hi)
+  n_tgt = jnp.where(has_tgt, 1 + _num_digits(tgt), 0)
+  s_lit = n_lab + 1 + nregs
+  s_tgt = s_lit + n_lit
+  s_nl = s_tgt + n_tgt
+  col = lambda x: x[:, None]
+  j = jnp.arange(w)[None, :]                                        # [1, W]
+  packed, start = _pick(j, [
+      (col(isa.TOK_L | (digits[lab] << 6)), jnp.zeros((p, 1), jnp.int32)),
+      (col(p_op), col(n_lab)), (col(p_lit), col(s_lit)),
+      (col(isa.TOK_L | (digits[tgt] << 6)), col(s_tgt))])
+  toks = jnp.where(j == col(s_nl), isa.TOK_NEWLINE, jnp.where(
+      col(has_lab) & (j == col(n_lab) - 1), isa.TOK_COLON,
+      _token(packed, j - start)))
+  count = jnp.where(live, s_nl + 1, 0)
+  toks = jnp.where(j < col(count), toks, 0)
+  used = jnp.arange(isa.MAX_REG_ARGS)[None, :] < col(nregs)
+  bad = jnp.any(used & ((program.regs < 0) | (program.regs >= isa.NUM_REGS)),
+                axis=-1)
+  bad |= has_lit & (jnp.abs(lit) > lit_hi)
+  if label_digits:
+    bad |= (program.label > lab_hi) | (program.target_label > lab_hi)
+  else:
+    bad |= has_lab | has_tgt
+  return toks, count, ~jnp.any(live & bad)
+
+
+def _windows(program: Program, *, label_digits: int, literal_digits: int
+             ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The plain layout without labels, else `instruction_windows`."""
+  if label_digits == 0:
+    return plain_instruction_windows(program, literal_digits=literal_digits)
+  return instruction_windows(program, label_digits=label_digits,
+                             literal_digits=literal_digits)
+
+
+@functools.cache
+def _value_table() -> np.ndarray:
+  """[VALUE_MAX - VALUE_MIN + 1] int32: the tokens `MINUS? digits` of every
+  register value v (at index v - VALUE_MIN) as `token - TOK_DIGIT0` (MINUS
+  is 10), 4 bits a token, first token lowest (below 2**20)."""
+  out = np.zeros(isa.VALUE_MAX - isa.VALUE_MIN + 1, np.int64)
+  for v in range(isa.VALUE_MIN, isa.VALUE_MAX + 1):
+    toks = ([isa.TOK_MINUS] if v < 0 else []) + [
+        isa.TOK_DIGIT0 + int(c) for c in str(abs(v))]
+    out[v - isa.VALUE_MIN] = sum((t - isa.TOK_DIGIT0) << (4 * k)
+                                 for k, t in enumerate(toks))
+  assert out.max() < 2 ** 20
+  return out.astype(np.int32)
+
+
+# Slots of a register file line: R<i> EQUALS MINUS? d.. for i = 0..7, NEWLINE
+REGISTER_LINE_WIDTH = isa.NUM_REGS * (2 + 1 + isa.MAX_VALUE_DIGITS) + 1
+
+
+def register_windows(regs: jax.Array, show: jax.Array
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Register file lines `R<i> EQUALS digits(value)` (registers shown) and
+  NEWLINE, compacted.
+
+  Args:
+    regs: [..., R] int32 register values.
+    show: [..., R] bool, which registers are written out.
+
+  Returns:
+    toks [..., REGISTER_LINE_WIDTH] int32 (0 after the line's tokens),
+    count [...] int32 (NEWLINE included), and ok [...] bool: every shown
+    value is in [VALUE_MIN, VALUE_MAX] (else its tokens are wrong).
+  """
+  lo, hi = isa.VALUE_MIN, isa.VALUE_MAX
+  v = jnp.clip(regs, lo, hi)
+  n = jnp.where(show, 2 + (v < 0).astype(jnp.int32)
+                + _num_digits(jnp.abs(v)), 0)                        # [..., R]
+  # a value's tokens (MINUS, digits) 4 bits each, its register's number above
+  packed = (jnp.asarray(_value_table())[v - lo]
+            | (jnp.arange(isa.NUM_REGS) << 20))
+  end = jnp.cumsum(n, axis=-1, dtype=jnp.int32)
+  start = end - n
+  j = jnp.arange(REGISTER_LINE_WIDTH)
+  col = lambda x, i: x[..., i:i + 1]
+  packed, first = _pick(j, [(col(packed, i), col(start, i))
+                            for i in range(isa.NUM_REGS)])
+  k = j - first
+  digit = isa.TOK_DIGIT0 + ((packed >> (4 * jnp.clip(k - 2, 0, 4))) & 15)
+  toks = jnp.where(k == 0, isa.TOK_R0 + (packed >> 20), jnp.where(
+      k == 1, isa.TOK_EQUALS, digit))
+  total = end[..., -1:]
+  toks = jnp.where(j < total, toks, jnp.where(j == total, isa.TOK_NEWLINE, 0))
+  ok = jnp.all(~show | ((regs >= lo) & (regs <= hi)), axis=-1)
+  return toks, total[..., 0] + 1, ok
+
+
+def _windowed_direct(program: Program, trace: Trace, *, label_digits: int,
+                     literal_digits: int, max_input_len: int,
+                     max_target_len: int) -> Render:
+  """`render_direct` from instruction windows (plain layout without
+  labels)."""
+  win, count, ok = _windows(program, label_digits=label_digits,
+                            literal_digits=literal_digits)
+  inp = _overflow(place_windows(win, count, max_input_len), ok,
+                  max_input_len)
+  return Render(input=inp, target=_direct_target(trace, max_target_len))
+
+
+def _windowed_cot(program: Program, trace: Trace, *, mode: str,
+                  label_digits: int, literal_digits: int, max_input_len: int,
+                  max_target_len: int) -> Render:
+  """`render_cot` from windows: per step the executed instruction's window
+  and its register file line, then the output values."""
+  win, count, ok = _windows(program, label_digits=label_digits,
+                            literal_digits=literal_digits)      # [P, W], [P]
+  inp = _overflow(place_windows(win, count, max_input_len), ok,
+                  max_input_len)
+  s = trace.pc.shape[0]
+  live = jnp.arange(s) < trace.num_steps                            # [S]
+  pc = jnp.clip(trace.pc, 0, program.op.shape[0] - 1)
+  ins = jnp.where(live[:, None], win[pc], 0)                        # [S, W]
+  ins_n = jnp.where(live, count[pc], 0)
+  if mode == "full":
+    show = jnp.ones(trace.regs.shape, bool)
+  else:
+    prev = jnp.concatenate(
+        [jnp.zeros((1, isa.NUM_REGS), trace.regs.dtype), trace.regs[:-1]])
+    show = trace.regs != prev
+  reg, reg_n, reg_ok = register_windows(trace.regs, show)           # [S, 57]
+  reg = jnp.where(live[:, None], reg, 0)
+  reg_n = jnp.where(live, reg_n, 0)
+  ok &= jnp.all(reg_ok | ~live)
+  owin, out_n, _ = plain_output_windows(trace, s)                   # [S, 6]
+  line_end = jnp.cumsum(ins_n + reg_n, dtype=jnp.int32)
+  line_start = 1 + line_end - ins_n - reg_n
+  steps = line_end[-1]
+  out_end = jnp.cumsum(out_n, dtype=jnp.int32)
+  target = _place([(ins, line_start), (reg, line_start + ins_n),
+                   (owin, 1 + steps + out_end - out_n)],
+                  steps + out_end[-1], max_target_len, bos=True, eos=True)
+  return Render(input=inp,
+                target=_overflow(target, ok, max_target_len))
 
 
 # ------------------------------------------------------------- checks
@@ -407,6 +654,15 @@ def _program_input(program: Program, keep: jax.Array, query: bool,
   return compact(*_cat(*pieces), size)
 
 
+def _check_render(program: Program, trace: Trace, max_input_len,
+                  max_target_len, label_digits, literal_digits) -> None:
+  _check_program(program)
+  _check_trace(trace)
+  _check_size("max_input_len", max_input_len)
+  _check_size("max_target_len", max_target_len)
+  _check_digits(label_digits=label_digits, literal_digits=literal_digits)
+
+
 def render_direct(program: Program, trace: Trace, *, max_input_len: int,
                   max_target_len: int, label_digits: int = isa.MAX_LABEL_DIGITS,
                   literal_digits: int = isa.MAX_LITERAL_DIGITS) -> Render:
@@ -417,24 +673,30 @@ def render_direct(program: Program, trace: Trace, *, max_input_len: int,
     trace: its `Trace` ([S] arrays).
     max_input_len, max_target_len: static lengths of input and target.
     label_digits, literal_digits: static promise on the program (as in
-      `max_render_lengths`). With `label_digits == 0` (no labels, Tier 0/1)
-      the render takes the cheaper plain layout, equal token for token; a
-      program that breaks the promise (a label, or a literal of more digits)
-      gets input length `max_input_len + 1`, an overflow the host rejects.
+      `max_render_lengths`): the instructions are built in windows of
+      `instruction_width(label_digits, literal_digits)` tokens (the plain
+      layout when `label_digits == 0`, no labels: Tier 0/1), equal token for
+      token. A program that breaks the promise (a label or literal of more
+      digits, a register operand outside R0..R7) gets input length
+      `max_input_len + 1`, an overflow the host rejects.
 
   Returns:
     `Render`: input `BOS + encode(program) + EOS`; target
     `BOS + (digits(v) NEWLINE for each output v) + EOS`.
   """
-  _check_program(program)
-  _check_trace(trace)
-  _check_size("max_input_len", max_input_len)
-  _check_size("max_target_len", max_target_len)
-  _check_digits(label_digits=label_digits, literal_digits=literal_digits)
-  if label_digits == 0 and literal_digits >= 1:
-    return _plain_direct(program, trace, literal_digits=literal_digits,
-                         max_input_len=max_input_len,
-                         max_target_len=max_target_len)
+  _check_render(program, trace, max_input_len, max_target_len, label_digits,
+                literal_digits)
+  sizes = dict(max_input_len=max_input_len, max_target_len=max_target_len)
+  if literal_digits == 0:  # no literal fits: the general slot path
+    return _render_direct_slots(program, trace, **sizes)
+  return _windowed_direct(program, trace, label_digits=label_digits,
+                          literal_digits=literal_digits, **sizes)
+
+
+def _render_direct_slots(program: Program, trace: Trace, *,
+                         max_input_len: int, max_target_len: int) -> Render:
+  """`render_direct` from slots and `compact` (no promise; the reference
+  for the windowed path)."""
   keep = jnp.ones(program.op.shape, bool)
   target = compact(*_cat(_one(isa.TOK_BOS), output_slots(trace),
                          _one(isa.TOK_EOS)), max_target_len)
@@ -443,7 +705,9 @@ def render_direct(program: Program, trace: Trace, *, max_input_len: int,
 
 
 def render_cot(program: Program, trace: Trace, *, mode: str,
-               max_input_len: int, max_target_len: int) -> Render:
+               max_input_len: int, max_target_len: int,
+               label_digits: int = isa.MAX_LABEL_DIGITS,
+               literal_digits: int = isa.MAX_LITERAL_DIGITS) -> Render:
   """The chain-of-thought render (spec section 7).
 
   Args:
@@ -453,6 +717,10 @@ def render_cot(program: Program, trace: Trace, *, mode: str,
       whose value differs from the previous step, the first step comparing
       with all zeros).
     max_input_len, max_target_len: static lengths of input and target.
+    label_digits, literal_digits: static promise on the program, as in
+      `render_direct`; a program breaking it, or a trace with a register
+      value outside [VALUE_MIN, VALUE_MAX], gets lengths `max_input_len + 1`
+      and `max_target_len + 1`, overflows the host rejects.
 
   Returns:
     `Render`: input as in `render_direct`; target `BOS`, then per executed
@@ -461,10 +729,19 @@ def render_cot(program: Program, trace: Trace, *, mode: str,
   """
   if mode not in COT_MODES:
     raise ValueError(f"cot mode must be one of {COT_MODES}, got {mode!r}")
-  _check_program(program)
-  _check_trace(trace)
-  _check_size("max_input_len", max_input_len)
-  _check_size("max_target_len", max_target_len)
+  _check_render(program, trace, max_input_len, max_target_len, label_digits,
+                literal_digits)
+  sizes = dict(max_input_len=max_input_len, max_target_len=max_target_len)
+  if literal_digits == 0:  # no literal fits: the general slot path
+    return _render_cot_slots(program, trace, mode=mode, **sizes)
+  return _windowed_cot(program, trace, mode=mode, label_digits=label_digits,
+                       literal_digits=literal_digits, **sizes)
+
+
+def _render_cot_slots(program: Program, trace: Trace, *, mode: str,
+                      max_input_len: int, max_target_len: int) -> Render:
+  """`render_cot` from slots and `compact` (no promise; the reference for
+  the windowed path)."""
   s = trace.pc.shape[0]
   live = jnp.arange(s) < trace.num_steps                            # [S]
   ins_t, ins_m = instruction_slots(program)                         # [P, I]
@@ -489,7 +766,10 @@ def render_cot(program: Program, trace: Trace, *, mode: str,
 
 
 def render_probe_query(program: Program, trace: Trace, step: jax.Array, *,
-                       max_input_len: int, max_target_len: int) -> Render:
+                       max_input_len: int, max_target_len: int,
+                       label_digits: int = isa.MAX_LABEL_DIGITS,
+                       literal_digits: int = isa.MAX_LITERAL_DIGITS
+                       ) -> Render:
   """The `probe_query` render at step `step` (spec section 7).
 
   Args:
@@ -497,6 +777,8 @@ def render_probe_query(program: Program, trace: Trace, step: jax.Array, *,
     trace: its `Trace` ([S] arrays).
     step: [] int32 (traced), the step t probed; 0 <= t < trace.num_steps.
     max_input_len, max_target_len: static lengths of input and target.
+    label_digits, literal_digits: static promise on the program, as in
+      `render_cot` (a break gives lengths `max_*_len + 1`).
 
   Returns:
     `Render`: input `BOS + encode(instructions 0..pc_t) + ? + EOS`; target
@@ -504,26 +786,60 @@ def render_probe_query(program: Program, trace: Trace, step: jax.Array, *,
     `step` is outside [0, num_steps) both sequences are empty: all PAD with
     `length` 0 (a valid render is never empty), for the host to check.
   """
-  _check_program(program)
-  _check_trace(trace)
-  _check_size("max_input_len", max_input_len)
-  _check_size("max_target_len", max_target_len)
+  _check_render(program, trace, max_input_len, max_target_len, label_digits,
+                literal_digits)
   if jnp.ndim(step) != 0:
     raise ValueError(f"step must be a scalar, got shape {jnp.shape(step)}; "
                      f"vmap the render for batches")
-  s = trace.pc.shape[0]
-  ok = (step >= 0) & (step < trace.num_steps)
-  t = jnp.clip(step, 0, s - 1)
-  keep = (jnp.arange(program.op.shape[0]) <= trace.pc[t]) & ok
+  sizes = dict(max_input_len=max_input_len, max_target_len=max_target_len)
+  if literal_digits == 0:  # no literal fits: the general slot path
+    return _render_probe_query_slots(program, trace, step, **sizes)
+  t, keep, in_range = _probe_step(program, trace, step)
+  win, count, ok = _windows(program, label_digits=label_digits,
+                            literal_digits=literal_digits)
+  inp = place_windows(win, jnp.where(keep, count, 0), max_input_len,
+                      eos=False)
+  i = jnp.arange(max_input_len)
+  ids = jnp.where(i == inp.length, isa.TOK_QUERY, jnp.where(
+      i == inp.length + 1, isa.TOK_EOS, inp.ids))
+  inp = _overflow(Tokens(ids=ids, length=inp.length + 2), ok, max_input_len)
+  reg, reg_n, reg_ok = register_windows(trace.regs[t],
+                                        jnp.ones(isa.NUM_REGS, bool))
+  target = _overflow(place_windows(reg[None], reg_n[None], max_target_len),
+                     reg_ok, max_target_len)
+  return _empty_unless(in_range, Render(input=inp, target=target))
+
+
+def _probe_step(program: Program, trace: Trace, step: jax.Array
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The step probed (clipped into [0, S)), the instructions kept [P] and
+  whether `step` is in [0, num_steps)."""
+  in_range = (step >= 0) & (step < trace.num_steps)
+  t = jnp.clip(step, 0, trace.pc.shape[0] - 1)
+  keep = (jnp.arange(program.op.shape[0]) <= trace.pc[t]) & in_range
+  return t, keep, in_range
+
+
+def _empty_unless(ok: jax.Array, render: Render) -> Render:
+  """Both sequences all PAD with length 0 unless `ok`."""
+  def empty(x: Tokens) -> Tokens:
+    return Tokens(ids=jnp.where(ok, x.ids, isa.TOK_PAD),
+                  length=jnp.where(ok, x.length, 0))
+  return Render(input=empty(render.input), target=empty(render.target))
+
+
+def _render_probe_query_slots(program: Program, trace: Trace,
+                              step: jax.Array, *, max_input_len: int,
+                              max_target_len: int) -> Render:
+  """`render_probe_query` from slots and `compact` (no promise; the
+  reference for the windowed path)."""
+  t, keep, in_range = _probe_step(program, trace, step)
   inp = _program_input(program, keep, True, max_input_len)
   reg_t, reg_m = register_slots(trace.regs[t], jnp.ones(isa.NUM_REGS, bool))
   target = compact(*_cat(_one(isa.TOK_BOS), (reg_t, reg_m),
                          _one(isa.TOK_NEWLINE), _one(isa.TOK_EOS)),
                    max_target_len)
-  def empty(x: Tokens) -> Tokens:
-    return Tokens(ids=jnp.where(ok, x.ids, isa.TOK_PAD),
-                  length=jnp.where(ok, x.length, 0))
-  return Render(input=empty(inp), target=empty(target))
+  return _empty_unless(in_range, Render(input=inp, target=target))
 
 
 # ------------------------------------------------------------- by name
@@ -542,21 +858,20 @@ def render(name: str, program: Program, trace: Trace, *, max_input_len: int,
            literal_digits: int = isa.MAX_LITERAL_DIGITS) -> Render:
   """Renders by name: 'direct', 'cot' (mode full), 'cot_modified' or
   'probe_query' (which needs `step`, a [] int32; the others take none).
-  `label_digits`, `literal_digits`: the static promise of `render_direct`
-  (the other renders ignore it)."""
+  `label_digits`, `literal_digits`: the static promise on the program
+  (see `render_direct`)."""
   if name not in RENDERS:
     raise ValueError(f"unknown render {name!r}; expected one of {RENDER_NAMES}")
   sizes = dict(max_input_len=max_input_len, max_target_len=max_target_len)
   if name == "probe_query":
     if step is None:
       raise ValueError("render 'probe_query' needs a step")
-    return render_probe_query(program, trace, step, **sizes)
+    return render_probe_query(program, trace, step, label_digits=label_digits,
+                              literal_digits=literal_digits, **sizes)
   if step is not None:
     raise ValueError(f"render {name!r} takes no step")
-  if name == "direct":
-    return render_direct(program, trace, label_digits=label_digits,
-                         literal_digits=literal_digits, **sizes)
-  return RENDERS[name](program, trace, **sizes)
+  return RENDERS[name](program, trace, label_digits=label_digits,
+                       literal_digits=literal_digits, **sizes)
 
 
 def max_render_lengths(name: str, *, max_len: int, max_steps: int,
@@ -594,11 +909,7 @@ def max_render_lengths(name: str, *, max_len: int, max_steps: int,
                      f"{max_outputs!r}")
   _check_digits(label_digits=label_digits, literal_digits=literal_digits,
                 value_digits=value_digits)
-  label = 2 + label_digits if label_digits else 0          # L d.. COLON
-  target = 1 + label_digits if label_digits else 0         # L d..
-  operands = max(int(r) + int(l) * (1 + literal_digits)
-                 for r, l in zip(isa.N_REGS, isa.N_LITS))
-  instruction = label + 1 + operands + target + 1
+  instruction = instruction_width(label_digits, literal_digits)
   regfile = isa.NUM_REGS * (2 + 1 + value_digits)
   output = 1 + value_digits + 1
   program = max_len * instruction
