@@ -375,7 +375,12 @@ def row_classes(plan: Plan, *, max_classes: int = 8
     j = back[g][i]
     out.append(group[j, i][1])
     i, g = j, g - 1
-  return tuple(sorted(set(out), key=lambda s: class_units(s, plan.renders)))
+  out = sorted(set(out), key=lambda s: class_units(s, plan.renders))
+  # the sample may miss a split's largest rows: the costliest class takes
+  # every size, so that no row falls back to a class of its own
+  out[-1] = dataclasses.replace(out[-1], max_len=base.max_len,
+                                max_steps=base.max_steps)
+  return tuple(out)
 
 
 def assign_classes(classes: Sequence[tiers.Shapes], p: np.ndarray,
@@ -416,7 +421,8 @@ def _rows_loop(tier, split_key_data, indices, count, fixed_axes, sample_axes,
   nb = -(-b // v)
   idx = jnp.concatenate([indices, jnp.broadcast_to(indices[-1:],
                                                    (nb * v - b,))])
-  block = lambda i: jax.vmap(one)(jax.lax.dynamic_slice_in_dim(idx, i * v, v))
+  block = lambda i: narrow(jax.vmap(one)(
+      jax.lax.dynamic_slice_in_dim(idx, i * v, v)))
   shape = jax.eval_shape(block, 0)
   out = jax.tree.map(lambda x: jnp.zeros((nb * v,) + x.shape[1:], x.dtype),
                      shape)
@@ -427,6 +433,27 @@ def _rows_loop(tier, split_key_data, indices, count, fixed_axes, sample_axes,
         out, block(i))
   out = jax.lax.fori_loop(0, (count + v - 1) // v, body, out)
   return jax.tree.map(lambda o: o[:b], out)
+
+
+def narrow(rows: Rows) -> Rows:
+  """Rows in the zarr store's dtypes (token ids uint8, register values
+  int16, ...), in-graph: every value of a row that ran without error fits
+  them, and the device-to-host copy and the host work shrink (the host
+  checks `trace.error` before it writes)."""
+  def cast(name, x):
+    return x.astype(zarr_store.store_dtype(name))
+  program = Program(**{f: cast(f"program/{f}", getattr(rows.program, f))
+                       for f in Program.__dataclass_fields__})
+  trace = Trace(**{f: cast(f"trace/{f}", getattr(rows.trace, f))
+                   for f in Trace.__dataclass_fields__})
+  renders = {
+      name: Render(*(Tokens(ids=cast(f"renders/{name}/{part}_ids", t.ids),
+                            length=cast(f"renders/{name}/{part}_length",
+                                        t.length))
+                     for part, t in (("input", r.input), ("target", r.target))))
+      for name, r in rows.renders.items()}
+  return Rows(key_data=rows.key_data, axes=cast("axes", rows.axes),
+              program=program, trace=trace, renders=renders)
 
 
 @functools.partial(jax.jit, static_argnames=("tier", "shapes", "renders",
@@ -569,6 +596,16 @@ def jsonl_piece(sp: SplitPlan, part: int) -> str:
   return f"{JSONL_PARTS}/{sp.name}/{part:05d}.jsonl"
 
 
+def widen(rows: Rows) -> Rows:
+  """Host rows with int32 integer leaves (after `narrow`; bool, uint32
+  key data stay): what the JSONL and Parquet serialisers compute with."""
+  def up(x):
+    x = np.asarray(x)
+    return x if x.dtype in (np.bool_, np.uint32, np.int32) else x.astype(
+        np.int32)
+  return jax.tree.map(up, rows)
+
+
 class _JsonlWriter:
   """Serialises a part's rows, orders them and writes the part's piece."""
 
@@ -579,6 +616,7 @@ class _JsonlWriter:
     self.lines, self.positions = [], []
 
   def write(self, sp: SplitPlan, rows: Rows, positions: np.ndarray) -> None:
+    rows = widen(rows)
     data = self._jsonl.rows_to_jsonl(
         rows, tier=self.plan.tier.name, split=sp.split, bucket=sp.bucket,
         axis_names=self.plan.tier.axis_names, render_names=self.plan.renders,
@@ -611,6 +649,7 @@ class _ParquetWriter:
     self.tables, self.positions = [], []
 
   def write(self, sp: SplitPlan, rows: Rows, positions: np.ndarray) -> None:
+    rows = widen(rows)
     self.tables.append(self._parquet.rows_to_table(
         rows, tier=self.plan.tier.name, split=sp.split, bucket=sp.bucket,
         axis_names=self.plan.tier.axis_names, render_names=self.plan.renders,
@@ -652,7 +691,7 @@ class _ZarrWriter:
     self.plan = plan
     self.root = work / zarr_store.STORE_NAME
     self.groups = {}
-    self.buffer, self.start = None, 0
+    self.buffer, self.start, self.kept = None, 0, None
 
   def _group(self, sp: SplitPlan) -> zarr_store.GroupWriter:
     if sp.name not in self.groups:
@@ -672,20 +711,33 @@ class _ZarrWriter:
       part = positions[0] // self.plan.part_rows
       lo, hi = sp.part_range(part, self.plan.part_rows)
       self.start = lo
-      self.buffer = {
-          name: np.full((hi - lo,) + x.shape[1:], zarr_store.fill_value(name),
-                        x.dtype)
-          for name, x in _example_arrays(self.plan, sp).items()}
+      self.buffer = self._fresh_buffer(sp, hi - lo)
     rel = np.asarray(positions) - self.start
-    contiguous = rel[-1] - rel[0] + 1 == rel.size
-    first = slice(int(rel[0]), int(rel[-1]) + 1) if contiguous else rel
     for name, x in arrays.items():
-      self.buffer[name][(first,) + tuple(slice(0, d) for d in x.shape[1:])
-                        ] = x
+      buf = self.buffer[name]
+      if x.shape[1:] == buf.shape[1:] and rel[-1] - rel[0] + 1 == rel.size:
+        buf[rel[0]:rel[-1] + 1] = x
+        continue
+      cut = tuple(slice(0, d) for d in x.shape[1:])
+      for i, r in enumerate(rel):   # a row at a time: numpy's fancy
+        buf[(r,) + cut] = x[i]      # indexing is far slower here
+
+  def _fresh_buffer(self, sp: SplitPlan, n: int) -> dict[str, np.ndarray]:
+    """A part's buffer, all padding. The split's buffer is kept and
+    refilled: writing fresh pages costs more than filling resident ones."""
+    if self.kept is None or self.kept[0] != sp.name:
+      self.kept = (sp.name, {
+          name: np.empty((self.plan.part_rows,) + x.shape[1:], x.dtype)
+          for name, x in _example_arrays(self.plan, sp).items()})
+    out = {}
+    for name, buf in self.kept[1].items():
+      buf[:n] = zarr_store.fill_value(name)
+      out[name] = buf[:n]
+    return out
 
   def end_part(self, sp: SplitPlan, part: int) -> dict:
     group = self._group(sp)
-    group.write(self.start, self.buffer)
+    group.write(self.start, self.buffer)   # copied into the transaction
     self.buffer = None
     group.commit_part()
     return {}
@@ -693,7 +745,7 @@ class _ZarrWriter:
   def close(self) -> None:
     for g in self.groups.values():
       g.abort()
-    self.groups, self.buffer = {}, None
+    self.groups, self.buffer, self.kept = {}, None, None
 
 
 @functools.lru_cache(maxsize=64)
