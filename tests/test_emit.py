@@ -195,20 +195,20 @@ def test_interrupted_emit_resumes_byte_identical(emitted, tmp_path,
   # nothing passes for complete: no manifest, nothing under a final name
   assert not (d / "manifest.json").exists()
   assert sorted(p.name for p in d.iterdir()) == [pipeline.PARTIAL]
-  # a crash's leftovers past the last durable part (a half-written JSONL
-  # piece, a temporary Parquet file) are replaced or removed on resume
+  # a crash's leftovers past the last durable part (a torn write at the end
+  # of a JSONL piece, a temporary Parquet file) are cut off or removed
   work = d / pipeline.PARTIAL
   done = pipeline.done_parts(work, plan.fingerprint())
   assert 0 < len(done) < sum(sp.num_parts(plan.part_rows)
                              for sp in plan.splits)
   for sp in plan.splits:
-    for k in range(sp.num_parts(plan.part_rows)):
-      if f"{sp.name}:{k}" not in done:
-        torn = work / pipeline.jsonl_piece(sp, k)
-        torn.parent.mkdir(parents=True, exist_ok=True)
-        torn.write_bytes(b'{"torn": ')
-        (work / "data" / ".stray.parquet.1.tmp").write_bytes(b"PAR1")
-        break
+    parts = sorted(int(k.rsplit(":", 1)[1]) for k in done
+                   if k.rsplit(":", 1)[0] == sp.name)
+    if parts and len(parts) < sp.num_parts(plan.part_rows):
+      piece = done[f"{sp.name}:{parts[-1]}"]["jsonl"]["piece"]
+      with open(work / pipeline.jsonl_piece(sp, piece), "ab") as f:
+        f.write(b'{"torn": ')
+  (work / "data" / ".stray.parquet.1.tmp").write_bytes(b"PAR1")
   result = pipeline.run(plan, tmp_path)
   assert result.resumed and result.generated < plan.total_rows
   assert data_files(d) == data_files(emitted["tier1"])

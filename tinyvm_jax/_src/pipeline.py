@@ -591,8 +591,10 @@ def _write_durable(path: Path, chunks: Sequence[bytes]) -> int:
 
 
 def jsonl_piece(sp: SplitPlan, part: int) -> str:
-  """The JSONL lines of one part, under `.partial/` (concatenated in part
-  order into `sp.jsonl` when the emit finishes)."""
+  """The JSONL piece whose first part is `part`, under `.partial/`: a
+  process appends the consecutive parts it writes of a split to one piece;
+  when the emit finishes, a split written as one piece is renamed into
+  place, several are concatenated in part order."""
   return f"{JSONL_PARTS}/{sp.name}/{part:05d}.jsonl"
 
 
@@ -607,13 +609,19 @@ def widen(rows: Rows) -> Rows:
 
 
 class _JsonlWriter:
-  """Serialises a part's rows, orders them and writes the part's piece."""
+  """Orders each part's lines and appends them to the process's current
+  piece of the split (`jsonl_piece`), hashing as it goes. Progress records,
+  a part, its piece, the piece's length and hash after it: a rerun
+  continues a piece after its last recorded part (cutting off a torn
+  write), and a finished split of one piece needs no copy."""
 
-  def __init__(self, plan: Plan, work: Path):
+  def __init__(self, plan: Plan, work: Path, done: Mapping[str, dict]):
     from tinyvm_jax._src import jsonl
     self._jsonl = jsonl
-    self.plan, self.work = plan, work
+    self.plan, self.work, self.done = plan, work, done
     self.lines, self.positions = [], []
+    self.file = None
+    self.key = None   # (split name, piece's first part, last part written)
 
   def write(self, sp: SplitPlan, rows: Rows, positions: np.ndarray) -> None:
     rows = widen(rows)
@@ -626,23 +634,66 @@ class _JsonlWriter:
     self.lines.extend(lines[:-1])
     self.positions.append(positions)
 
+  def _open(self, sp: SplitPlan, part: int) -> None:
+    """Makes the piece that part `part` goes to the open file."""
+    if self.key is not None and self.key[0] == sp.name and (
+        self.key[2] == part - 1):
+      return
+    self._close_file()
+    first, end = part, 0
+    prev = self.done.get(_part_key(sp, part - 1), {}).get("jsonl")
+    if prev is not None:
+      last = max(int(k.rsplit(":", 1)[1]) for k, v in self.done.items()
+                 if k.rsplit(":", 1)[0] == sp.name
+                 and v.get("jsonl", {}).get("piece") == prev["piece"])
+      if last == part - 1:   # continue the piece that part - 1 ended
+        first, end = int(prev["piece"]), int(prev["end"])
+    path = self.work / jsonl_piece(sp, first)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    self.file = open(path, "r+b" if end else "wb")
+    self.hash = hashlib.sha256()
+    if end:
+      self.file.truncate(end)
+      left = end
+      while left:
+        block = self.file.read(min(left, 1 << 22))
+        if not block:
+          raise EmitError(f"{path}: shorter than its recorded progress")
+        self.hash.update(block)
+        left -= len(block)
+    self.file.seek(end)
+    self.bytes = end
+    self.key = (sp.name, first, part - 1)
+
   def end_part(self, sp: SplitPlan, part: int) -> dict:
+    self._open(sp, part)
     order = np.argsort(np.concatenate(self.positions), kind="stable")
-    lines = [self.lines[i] for i in order]
+    data = b"\n".join([self.lines[i] for i in order]) + b"\n"
     self.lines, self.positions = [], []
-    size = _write_durable(self.work / jsonl_piece(sp, part),
-                          [b"\n".join(lines), b"\n"])
-    return {"jsonl": {"rows": len(lines), "bytes": size}}
+    self.file.write(data)
+    self.hash.update(data)
+    self.bytes += len(data)
+    self.file.flush()
+    os.fsync(self.file.fileno())
+    self.key = (sp.name, self.key[1], part)
+    return {"jsonl": {"rows": len(order), "piece": self.key[1],
+                      "end": self.bytes, "sha256": self.hash.hexdigest()}}
+
+  def _close_file(self) -> None:
+    if self.file is not None:
+      self.file.close()
+    self.file, self.key = None, None
 
   def close(self) -> None:
     self.lines, self.positions = [], []
+    self._close_file()
 
 
 class _ParquetWriter:
   """One Parquet file a part: `.partial/data/<split>-<part>-of-<n>.parquet`
   (written under a temporary name, then renamed)."""
 
-  def __init__(self, plan: Plan, work: Path):
+  def __init__(self, plan: Plan, work: Path, done: Mapping[str, dict]):
     from tinyvm_jax._src import parquet
     self._parquet = parquet
     self.plan, self.work = plan, work
@@ -687,7 +738,7 @@ class _ZarrWriter:
   contiguous write when the part ends (tensorstore writes contiguous boxes
   far faster than index arrays)."""
 
-  def __init__(self, plan: Plan, work: Path):
+  def __init__(self, plan: Plan, work: Path, done: Mapping[str, dict]):
     self.plan = plan
     self.root = work / zarr_store.STORE_NAME
     self.groups = {}
@@ -976,24 +1027,7 @@ def _finalize(plan: Plan, work: Path, done: Mapping[str, dict]) -> dict:
   files = {}
   if "jsonl" in plan.formats:
     for sp in plan.splits:
-      digest = hashlib.sha256()
-      path = work / sp.jsonl
-      tmp = path.with_name(f".{path.name}.tmp")
-      path.parent.mkdir(parents=True, exist_ok=True)
-      rows = size = 0
-      with open(tmp, "wb") as out:
-        for k in range(sp.num_parts(plan.part_rows)):
-          rows += int(done[_part_key(sp, k)]["jsonl"]["rows"])
-          with open(work / jsonl_piece(sp, k), "rb") as f:
-            while block := f.read(1 << 22):
-              digest.update(block)
-              out.write(block)
-              size += len(block)
-        out.flush()
-        os.fsync(out.fileno())
-      os.replace(tmp, path)
-      files[sp.jsonl] = {"rows": rows, "sha256": digest.hexdigest(),
-                         "bytes": size}
+      files[sp.jsonl] = _join_jsonl(plan, work, sp, done)
   if "parquet" in plan.formats:
     for sp in plan.splits:
       for k in range(sp.num_parts(plan.part_rows)):
@@ -1003,6 +1037,49 @@ def _finalize(plan: Plan, work: Path, done: Mapping[str, dict]) -> dict:
   if "zarr" in plan.formats:
     files.update(_zarr_files(plan, work / zarr_store.STORE_NAME))
   return files
+
+
+def _join_jsonl(plan: Plan, work: Path, sp: SplitPlan,
+                done: Mapping[str, dict]) -> dict:
+  """Moves a split's JSONL pieces into `sp.jsonl` (a rename when it is one
+  piece, else a copy in part order); returns its manifest entry."""
+  recs = [done[_part_key(sp, k)]["jsonl"]
+          for k in range(sp.num_parts(plan.part_rows))]
+  rows = sum(int(r["rows"]) for r in recs)
+  pieces = []   # (first part, bytes to take), in part order
+  for r in recs:
+    if pieces and pieces[-1][0] == int(r["piece"]):
+      pieces[-1] = (pieces[-1][0], int(r["end"]))
+    else:
+      pieces.append((int(r["piece"]), int(r["end"])))
+  path = work / sp.jsonl
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if len(pieces) == 1:
+    src = work / jsonl_piece(sp, pieces[0][0])
+    if src.exists() or not path.exists():   # else moved by a crashed finish
+      os.truncate(src, pieces[0][1])   # drops a torn write past the end
+      os.replace(src, path)
+    return {"rows": rows, "sha256": recs[-1]["sha256"],
+            "bytes": pieces[0][1]}
+  digest = hashlib.sha256()
+  tmp = path.with_name(f".{path.name}.tmp")
+  size = 0
+  with open(tmp, "wb") as out:
+    for first, take in pieces:
+      with open(work / jsonl_piece(sp, first), "rb") as f:
+        left = take
+        while left:
+          block = f.read(min(left, 1 << 22))
+          if not block:
+            raise EmitError(f"{f.name}: shorter than its recorded progress")
+          digest.update(block)
+          out.write(block)
+          left -= len(block)
+          size += len(block)
+    out.flush()
+    os.fsync(out.fileno())
+  os.replace(tmp, path)
+  return {"rows": rows, "sha256": digest.hexdigest(), "bytes": size}
 
 
 class _Stop(Exception):
@@ -1106,7 +1183,7 @@ def run(plan: Plan, out_dir: str | os.PathLike, *, device=None,
             if _part_key(sp, k) not in done]
     classes = row_classes(plan, max_classes=max_classes) if mine else ()
     generated = _generate_all(plan, work, mine, classes, devices,
-                              _Progress(work, pid, fp), on_progress,
+                              _Progress(work, pid, fp), done, on_progress,
                               stop_after_parts)
   barrier("generated")
   files, by_format = {}, {}
@@ -1190,8 +1267,10 @@ def _batches(plan: Plan, sp: SplitPlan, part: int,
 def _generate_all(plan: Plan, work: Path, todo: Sequence[tuple[SplitPlan,
                                                                int]],
                   classes: Sequence[tiers.Shapes], devices: Sequence[Any],
-                  progress: _Progress, on_progress, stop_after_parts) -> int:
-  """Generates the parts `todo`; returns the rows generated.
+                  progress: _Progress, done: Mapping[str, dict], on_progress,
+                  stop_after_parts) -> int:
+  """Generates the parts `todo` (`done`: the parts recorded before this
+  run); returns the rows generated.
 
   Threads: the caller dispatches jitted batches (one row class each); a
   host thread copies each finished batch to the host and trims it; one
@@ -1202,7 +1281,8 @@ def _generate_all(plan: Plan, work: Path, todo: Sequence[tuple[SplitPlan,
   """
   makers = {"zarr": _ZarrWriter, "jsonl": _JsonlWriter,
             "parquet": _ParquetWriter}
-  writers = [makers[f](plan, work) for f in FORMATS if f in plan.formats]
+  writers = [makers[f](plan, work, done) for f in FORMATS
+             if f in plan.formats]
   nd = len(devices)
   mesh = Mesh(np.asarray(devices), ("rows",)) if nd > 1 else None
   put = ((lambda x: jax.device_put(x, devices[0])) if nd == 1 else
