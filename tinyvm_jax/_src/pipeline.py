@@ -3,7 +3,7 @@ written by host threads to zarr, JSONL and Parquet, resumable after a crash,
 by one process or several.
 
 Work is cut into *parts*: `part_rows` consecutive rows of one split (one zarr
-shard, one Parquet file, one JSONL piece). Each process takes a contiguous
+shard, one Parquet file, a step of a JSONL piece). Each process takes a contiguous
 run of the dataset's parts (`part_assignment`). For a part, the main thread
 groups the rows by *row class* (`row_classes`: a few static sizes chosen from
 the rows' own bounds, so that a short Tier 2 row is not computed at the
@@ -16,13 +16,14 @@ Memory is bounded by the queues, a few batches and one part, whatever the
 dataset size.
 
 Crash safety. Everything is written under `<tier>/.partial/`, in the final
-layout (JSONL as one piece a part). When a part is durable in every format,
-the process's progress file records it (atomically). A rerun with the same
+layout (JSONL as one piece for each run of parts a process writes). When a
+part is durable in every format, the process's progress file records it
+(atomically). A rerun with the same
 settings (same fingerprint), with any number of processes, keeps the
 recorded parts and regenerates only the others: rows depend on (seed,
 split, bucket, index) only, so the result is byte-identical to an
 uninterrupted run. When all parts are done (a barrier), process 0
-concatenates the JSONL pieces, records the hashes, renames the files into
+joins the JSONL pieces, records the hashes, renames the files into
 place and writes `manifest.json` last (temporary name + `os.replace`): no
 manifest means the emit did not finish.
 
@@ -62,7 +63,7 @@ PARTIAL = ".partial"
 FINGERPRINT = "fingerprint"      # in .partial: the settings' fingerprint
 PROGRESS_DIR = "progress"        # in .partial: one progress file a process
 FINALIZING = "finalizing.json"   # in .partial: the manifest's file entries
-JSONL_PARTS = "jsonl-parts"      # in .partial: one JSONL piece a part
+JSONL_PARTS = "jsonl-parts"      # in .partial: JSONL pieces (runs of parts)
 README = "README.md"
 DATA_DIR = "data"          # Parquet files
 EVAL_DIR = "eval"          # JSONL eval files
