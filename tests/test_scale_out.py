@@ -141,6 +141,25 @@ def test_dead_process_fails_the_run_and_a_rerun_resumes(tmp_path, cache):
                                                      "tier0")
 
 
+def test_processes_with_different_settings_fail_clearly(tmp_path, cache):
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "tinyvm_jax.emit", "--tier=tier0",
+       f"--out={tmp_path}", f"--seed={i}", "--config.train_size=100",
+       "--config.eval_size=10", "--num_processes=2", f"--process_id={i}",
+       f"--coordinator_address=127.0.0.1:{port}", f"--compile_cache={cache}"],
+      cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 1, err
+    assert "started with different settings" in err and "Traceback" not in err
+  assert not (tmp_path / "tier0" / "manifest.json").exists()
+
+
 @pytest.mark.parametrize("launcher, emit_args, needle", [
     ([], [], "give the emit's flags after --"),
     ([], ["--tier=tier0", "--out=X", "--process_id=1"],

@@ -71,8 +71,18 @@ class UserError(Exception):
   """An error of the user's making: printed as one line, exit status 2."""
 
 
+_DISTRIBUTED = []   # non-empty once this process joined the runtime
+
+
 def _fail(msg: str, code: int = 2):
   print(f"emit: error: {msg}", file=sys.stderr)
+  if _DISTRIBUTED:
+    # exit now: JAX's exit hook would wait for the other processes at a
+    # shutdown barrier; the launcher (or the coordination service's
+    # heartbeats) stops them
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
   sys.exit(code)
 
 
@@ -194,6 +204,7 @@ def _start_distributed() -> tuple[int, int]:
     raise RuntimeError("could not join the distributed runtime at "
                        f"{addr}: {msg[0] if msg else type(e).__name__}"
                        ) from None
+  _DISTRIBUTED.append(True)
   return jax.process_index(), jax.process_count()
 
 

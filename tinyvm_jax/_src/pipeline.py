@@ -41,6 +41,7 @@ import json
 import os
 import queue
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -1108,6 +1109,28 @@ def global_barrier(name: str) -> None:
   client.wait_at_barrier(f"tinyvm_jax/{name}", _BARRIER_TIMEOUT_MS)
 
 
+def check_same_settings(fingerprint: str) -> None:
+  """Every process of the distributed runtime holds the same plan (a
+  cross-process all-gather of the fingerprint: gloo on CPUs)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  word = np.frombuffer(bytes.fromhex(fingerprint)[:16], np.uint32)
+  # gloo prints its connections on the C++ stdout: keep it off ours
+  sys.stdout.flush()
+  saved = os.dup(1)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 1)
+    multihost_utils.assert_equal(word, "plan fingerprint")
+  except AssertionError:
+    raise EmitError("the processes were started with different settings "
+                    "(seed, sizes, formats, renders or layout); give every "
+                    "process the same flags") from None
+  finally:
+    os.dup2(saved, 1)
+    os.close(saved)
+    os.close(devnull)
+
+
 def run(plan: Plan, out_dir: str | os.PathLike, *, device=None,
         devices: Sequence[Any] | None = None,
         config: Mapping[str, Any] | None = None,
@@ -1155,6 +1178,8 @@ def run(plan: Plan, out_dir: str | os.PathLike, *, device=None,
     raise EmitError(f"process_id={pid} is not in [0, {nproc})")
   if barrier is None:
     barrier = global_barrier if nproc > 1 else (lambda name: None)
+    if nproc > 1:
+      check_same_settings(plan.fingerprint())
   if device is not None:
     devices = [device]
   devices = list(devices) if devices else jax.local_devices()
