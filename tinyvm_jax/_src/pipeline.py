@@ -41,7 +41,6 @@ import json
 import os
 import queue
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
@@ -1110,25 +1109,21 @@ def global_barrier(name: str) -> None:
 
 
 def check_same_settings(fingerprint: str) -> None:
-  """Every process of the distributed runtime holds the same plan (a
-  cross-process all-gather of the fingerprint: gloo on CPUs)."""
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  word = np.frombuffer(bytes.fromhex(fingerprint)[:16], np.uint32)
-  # gloo prints its connections on the C++ stdout: keep it off ours
-  sys.stdout.flush()
-  saved = os.dup(1)
-  devnull = os.open(os.devnull, os.O_WRONLY)
-  try:
-    os.dup2(devnull, 1)
-    multihost_utils.assert_equal(word, "plan fingerprint")
-  except AssertionError:
-    raise EmitError("the processes were started with different settings "
-                    "(seed, sizes, formats, renders or layout); give every "
-                    "process the same flags") from None
-  finally:
-    os.dup2(saved, 1)
-    os.close(saved)
-    os.close(devnull)
+  """Every process of JAX's distributed runtime holds the same plan: each
+  posts its fingerprint to the coordination service's key-value store and
+  reads the others'."""
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  client = distributed.global_state.client
+  if client is None:
+    return
+  client.key_value_set(f"tinyvm_jax/plan/{jax.process_index()}", fingerprint)
+  for i in range(jax.process_count()):
+    other = client.blocking_key_value_get(f"tinyvm_jax/plan/{i}",
+                                          _BARRIER_TIMEOUT_MS)
+    if other != fingerprint:
+      raise EmitError("the processes were started with different settings "
+                      "(seed, sizes, formats, renders or layout); give "
+                      "every process the same flags")
 
 
 def run(plan: Plan, out_dir: str | os.PathLike, *, device=None,
