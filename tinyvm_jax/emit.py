@@ -79,9 +79,13 @@ def _fail(msg: str, code: int = 2):
   if _DISTRIBUTED:
     # exit now: JAX's exit hook would wait for the other processes at a
     # shutdown barrier; the launcher (or the coordination service's
-    # heartbeats) stops them
+    # heartbeats) stops them. Process 0 hosts the coordination service:
+    # it lingers a moment, so that processes failing on the same error
+    # (e.g. different settings) can report it before the service goes.
     sys.stdout.flush()
     sys.stderr.flush()
+    if _DISTRIBUTED[0] == 0:
+      time.sleep(3)
     os._exit(code)
   sys.exit(code)
 
@@ -204,7 +208,7 @@ def _start_distributed() -> tuple[int, int]:
     raise RuntimeError("could not join the distributed runtime at "
                        f"{addr}: {msg[0] if msg else type(e).__name__}"
                        ) from None
-  _DISTRIBUTED.append(True)
+  _DISTRIBUTED.append(jax.process_index())
   return jax.process_index(), jax.process_count()
 
 
