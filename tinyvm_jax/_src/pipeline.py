@@ -714,10 +714,23 @@ class _ParquetWriter:
     path = self.work / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    table = pa.concat_tables(self.tables)
-    order = np.argsort(np.concatenate(self.positions), kind="stable")
-    if (order != np.arange(len(order))).any():
-      table = table.take(pa.array(order))
+    # rows in index order: slices of the batches' tables, a run of rows of
+    # one batch each (`take` changes how Arrow lays out the nested columns,
+    # and with it the file's bytes; slices do not)
+    pos = np.concatenate(self.positions)
+    batch = np.concatenate([np.full(len(p), i) for i, p in
+                            enumerate(self.positions)])
+    row = np.concatenate([np.arange(len(p)) for p in self.positions])
+    order = np.argsort(pos, kind="stable")
+    b, r = batch[order], row[order]
+    starts = np.flatnonzero(np.r_[True, (b[1:] != b[:-1])
+                                  | (r[1:] != r[:-1] + 1)])
+    ends = np.r_[starts[1:], len(order)]
+    table = pa.concat_tables([self.tables[b[i]].slice(r[i], e - i)
+                              for i, e in zip(starts, ends)])
+    # one chunk a column: the writer's dictionary-page fallback on long
+    # string columns (Tier 2 cot text) depends on how the rows are chunked
+    table = table.combine_chunks()
     self.tables, self.positions = [], []
     self._parquet.write_parquet(table, tmp)
     _fsync_file(tmp)
