@@ -3,6 +3,7 @@
 import gzip
 import json
 import pathlib
+import time
 
 import pytest
 
@@ -29,3 +30,18 @@ def golden():
 @pytest.fixture(scope="session")
 def stats():
   return json.loads((DATA / "stats.json").read_text())
+
+
+def wait_for_a_recorded_part(progress: pathlib.Path, proc, timeout: float
+                             ) -> bool:
+  """Waits until the emit progress file `progress` records a part while
+  `proc` runs; False if `proc` ended or `timeout` passed first."""
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    try:
+      if json.loads(progress.read_bytes())["parts"]:
+        return True
+    except (OSError, ValueError, KeyError):
+      pass
+    time.sleep(0.02)
+  return False

@@ -11,12 +11,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from conftest import wait_for_a_recorded_part
 
 from tinyvm_jax._src import loaders
 from tinyvm_jax._src import manifest as manifest_lib
@@ -260,18 +260,9 @@ def test_killed_cli_emit_resumes_byte_identical(tmp_path):
                           stderr=subprocess.DEVNULL)
   progress = (tmp_path / "tier0" / pipeline.PARTIAL / pipeline.PROGRESS_DIR
               / "p00000.json")
-  deadline = time.time() + 240
-  killed = False
-  while time.time() < deadline and proc.poll() is None:
-    try:
-      parts = len(json.loads(progress.read_bytes())["parts"])
-    except (OSError, ValueError, KeyError):
-      parts = 0
-    if parts >= 1:
-      os.kill(proc.pid, signal.SIGKILL)
-      killed = True
-      break
-    time.sleep(0.02)
+  killed = wait_for_a_recorded_part(progress, proc, 240)
+  if killed:
+    os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
   assert killed, "the emit finished before it could be killed"
   assert not (tmp_path / "tier0" / "manifest.json").exists()

@@ -1,6 +1,6 @@
 """Scale-out: the same dataset from 1 process x 1 device, 1 x 4 devices and
 2 processes x 2 devices (JAX's distributed runtime on CPU: localhost
-coordinator, gloo collectives, forced host device counts), a process that
+coordinator, forced host device counts; no collective is needed), a process that
 dies, and the launcher's and emit's bad input."""
 
 import json
@@ -8,10 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for_a_recorded_part
 
 from tinyvm_jax._src import pipeline
 
@@ -113,19 +113,11 @@ def test_dead_process_fails_the_run_and_a_rerun_resumes(tmp_path, cache):
                           stderr=subprocess.PIPE, text=True)
   progress = (tmp_path / "ds" / "tier0" / pipeline.PARTIAL
               / pipeline.PROGRESS_DIR / "p00001.json")
-  deadline = time.time() + 300
   killed = False
-  while time.time() < deadline and proc.poll() is None:
-    try:
-      parts = len(json.loads(progress.read_bytes())["parts"])
-    except (OSError, ValueError, KeyError):
-      parts = 0
-    if parts >= 1:
-      for pid in _children("--process_id=1"):
-        os.kill(pid, signal.SIGKILL)
-        killed = True
-      break
-    time.sleep(0.02)
+  if wait_for_a_recorded_part(progress, proc, 300):
+    for pid in _children("--process_id=1"):
+      os.kill(pid, signal.SIGKILL)
+      killed = True
   out, err = proc.communicate(timeout=300)
   assert killed, "process 1 finished before it could be killed"
   assert proc.returncode != 0

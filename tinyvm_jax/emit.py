@@ -197,9 +197,8 @@ def _start_distributed() -> tuple[int, int]:
                            not addr.rsplit(":", 1)[1].isdigit()):
     raise UserError(f"--coordinator_address={addr}: expected HOST:PORT")
   import jax
-  if FLAGS.device in (None, "cpu"):
-    # cross-process collectives on CPUs (used for the barriers' fallback)
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # no cross-process collective is needed: barriers and the settings check
+  # go through the coordination service
   try:
     jax.distributed.initialize(coordinator_address=addr, num_processes=n,
                                process_id=pid)

@@ -12,8 +12,8 @@ and running the same command again resumes the emit.
 
 Devices per process: `--gpus_per_process=K` gives process i the GPUs
 i*K .. i*K+K-1 (`CUDA_VISIBLE_DEVICES`); `--cpu_devices_per_process=K`
-splits each process's CPU into K JAX devices (`XLA_FLAGS`; default: the
-machine's cores shared out between the processes). For several
+splits each process's CPU into K JAX devices (the emit's `--cpu_devices`;
+default: the machine's cores shared out between the processes). For several
 hosts, run `python -m tinyvm_jax.emit` on each with the same flags, its
 own `--process_id` and process 0's `--coordinator_address` (README,
 "Scaling out").
@@ -37,7 +37,7 @@ flags.DEFINE_integer("gpus_per_process", 0, "GPUs each process sees "
                      "(CUDA_VISIBLE_DEVICES); 0 leaves the environment as "
                      "it is.", lower_bound=0)
 flags.DEFINE_integer("cpu_devices_per_process", 0, "JAX CPU devices each "
-                     "process splits its CPU into (XLA_FLAGS); 0: the cores "
+                     "process splits its CPU into (--cpu_devices); 0: the cores "
                      "shared out between the processes.", lower_bound=0)
 flags.DEFINE_float("grace_seconds", 5.0, "How long stopped processes get "
                    "to exit before they are killed.", lower_bound=0)
@@ -61,15 +61,18 @@ def _env(i: int) -> dict:
   k = FLAGS.gpus_per_process
   if k:
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i * k + j) for j in range(k))
-  else:
-    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-             else os.cpu_count() or 1)
-    n = FLAGS.cpu_devices_per_process or max(1, cores // FLAGS.num_processes)
-    xla = [f for f in env.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-    xla.append(f"--xla_force_host_platform_device_count={n}")
-    env["XLA_FLAGS"] = " ".join(xla)
   return env
+
+
+def _device_args() -> list[str]:
+  """Each process's share of the CPU cores, as the emit's --cpu_devices
+  (which sets XLA's host device count)."""
+  if FLAGS.gpus_per_process:
+    return []
+  cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+           else os.cpu_count() or 1)
+  n = FLAGS.cpu_devices_per_process or max(1, cores // FLAGS.num_processes)
+  return [f"--cpu_devices={n}"]
 
 
 def _stop(procs, grace: float) -> None:
@@ -92,8 +95,9 @@ def launch(emit_args, *, num_processes: int, port: int, grace: float) -> int:
   procs = []
   try:
     for i in range(num_processes):
-      cmd = [sys.executable, "-m", "tinyvm_jax.emit", *emit_args,
-             f"--num_processes={num_processes}", f"--process_id={i}",
+      cmd = [sys.executable, "-m", "tinyvm_jax.emit", *_device_args(),
+             *emit_args, f"--num_processes={num_processes}",
+             f"--process_id={i}",
              f"--coordinator_address={address}"]
       procs.append(subprocess.Popen(cmd, env=_env(i)))
     while True:

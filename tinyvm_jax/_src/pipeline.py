@@ -482,19 +482,16 @@ def _rows_batch(tier, split_key_data, indices, count, fixed_axes,
                            sample_axes)
 
 
-def generate_rows(plan: Plan, sp: SplitPlan, start: int, count: int,
-                  *, device=None) -> Rows:
+def generate_rows(plan: Plan, sp: SplitPlan, start: int, count: int
+                  ) -> Rows:
   """Host rows `start:start + count` of split `sp`, at its own sizes (the
   rows an emit of `plan` writes there)."""
-  put = (lambda x: jax.device_put(x, device)) if device is not None else (
-      jnp.asarray)
   rows = _rows_batch(
-      plan.tier, put(split_key_data(plan.seed_base, sp.split, sp.bucket)),
-      put(np.arange(start, start + count, dtype=np.int32)),
-      put(np.int32(count)),
-      put(np.asarray(sp.axes if sp.axes is not None else
-                     (0,) * plan.tier.num_axes, np.int32)),
-      put(np.asarray(sp.axes is None)), shapes=sp.shapes,
+      plan.tier, split_key_data(plan.seed_base, sp.split, sp.bucket),
+      np.arange(start, start + count, dtype=np.int32), np.int32(count),
+      np.asarray(sp.axes if sp.axes is not None else
+                 (0,) * plan.tier.num_axes, np.int32),
+      np.asarray(sp.axes is None), shapes=sp.shapes,
       renders=plan.renders, vmap_rows=plan.vmap_rows)
   return trim(jax.device_get(rows), sp.shapes, count)
 
@@ -572,23 +569,6 @@ def _fsync_file(path: Path) -> None:
     os.fsync(fd)
   finally:
     os.close(fd)
-
-
-def _write_durable(path: Path, chunks: Sequence[bytes]) -> int:
-  """Writes `chunks` to `path` via a temporary file, fsync and rename;
-  returns the bytes written."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  size = 0
-  with open(tmp, "wb") as f:
-    for c in chunks:
-      f.write(c)
-      size += len(c)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-  manifest_lib.fsync_dir(path.parent)
-  return size
 
 
 def jsonl_piece(sp: SplitPlan, part: int) -> str:
@@ -1108,27 +1088,31 @@ class EmitInterrupted(RuntimeError):
 _BARRIER_TIMEOUT_MS = 7 * 24 * 3600 * 1000   # a dead peer fails it sooner
 
 
+def _client():
+  """The client of JAX's coordination service.
+
+  Raises:
+    EmitError: JAX's distributed runtime was not started.
+  """
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  if distributed.global_state.client is None:
+    raise EmitError("several processes need JAX's distributed runtime: "
+                    "call jax.distributed.initialize first")
+  return distributed.global_state.client
+
+
 def global_barrier(name: str) -> None:
   """Waits until every process of JAX's distributed runtime reaches the
   barrier `name` (the coordination service's barrier: no collective; a
   process that died makes it fail once its heartbeats stop)."""
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  client = distributed.global_state.client
-  if client is None:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(name)
-    return
-  client.wait_at_barrier(f"tinyvm_jax/{name}", _BARRIER_TIMEOUT_MS)
+  _client().wait_at_barrier(f"tinyvm_jax/{name}", _BARRIER_TIMEOUT_MS)
 
 
 def check_same_settings(fingerprint: str) -> None:
   """Every process of JAX's distributed runtime holds the same plan: each
   posts its fingerprint to the coordination service's key-value store and
   reads the others'."""
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  client = distributed.global_state.client
-  if client is None:
-    return
+  client = _client()
   client.key_value_set(f"tinyvm_jax/plan/{jax.process_index()}", fingerprint)
   for i in range(jax.process_count()):
     other = client.blocking_key_value_get(f"tinyvm_jax/plan/{i}",
@@ -1139,7 +1123,7 @@ def check_same_settings(fingerprint: str) -> None:
                       "every process the same flags")
 
 
-def run(plan: Plan, out_dir: str | os.PathLike, *, device=None,
+def run(plan: Plan, out_dir: str | os.PathLike, *,
         devices: Sequence[Any] | None = None,
         config: Mapping[str, Any] | None = None,
         on_progress: Callable[[int, int], None] | None = None,
@@ -1161,7 +1145,6 @@ def run(plan: Plan, out_dir: str | os.PathLike, *, device=None,
   Args:
     plan: from `make_plan`.
     out_dir: the output root; the tier's files go to `out_dir/<tier>/`.
-    device: one `jax.Device` to generate on (same as `devices=[device]`).
     devices: this process's devices to shard each batch over (default:
       every local device of JAX's default backend).
     config: the configuration recorded in the manifest.
@@ -1188,8 +1171,6 @@ def run(plan: Plan, out_dir: str | os.PathLike, *, device=None,
     barrier = global_barrier if nproc > 1 else (lambda name: None)
     if nproc > 1:
       check_same_settings(plan.fingerprint())
-  if device is not None:
-    devices = [device]
   devices = list(devices) if devices else jax.local_devices()
   tier_dir = Path(out_dir) / plan.tier.name
   work = tier_dir / PARTIAL
@@ -1355,10 +1336,8 @@ def _generate_all(plan: Plan, work: Path, todo: Sequence[tuple[SplitPlan,
       del pending[(sp.name, part)]
       lo, hi = sp.part_range(part, plan.part_rows)
       record = {"rows": hi - lo}
-      for u in got:
-        for k, v in u.items():
-          record.setdefault(k, {}).update(v) if k == "files" else (
-              record.__setitem__(k, v))
+      for u in got:   # the formats record under keys of their own
+        record.update(u)
       progress.record(_part_key(sp, part), record)
       state["parts"] += 1
       if stop_after_parts is not None and state["parts"] >= stop_after_parts:

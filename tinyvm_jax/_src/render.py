@@ -548,6 +548,17 @@ def _windowed_direct(program: Program, trace: Trace, *, label_digits: int,
   return Render(input=inp, target=_direct_target(trace, max_target_len))
 
 
+def _shown_registers(trace: Trace, mode: str) -> jax.Array:
+  """[S, R] bool: the registers a cot step writes out: all ("full"), or
+  those whose value differs from the step before ("modified"; the first
+  step compares with all zeros)."""
+  if mode == "full":
+    return jnp.ones(trace.regs.shape, bool)
+  prev = jnp.concatenate(
+      [jnp.zeros((1, isa.NUM_REGS), trace.regs.dtype), trace.regs[:-1]])
+  return trace.regs != prev
+
+
 def _windowed_cot(program: Program, trace: Trace, *, mode: str,
                   label_digits: int, literal_digits: int, max_input_len: int,
                   max_target_len: int) -> Render:
@@ -562,12 +573,7 @@ def _windowed_cot(program: Program, trace: Trace, *, mode: str,
   pc = jnp.clip(trace.pc, 0, program.op.shape[0] - 1)
   ins = jnp.where(live[:, None], win[pc], 0)                        # [S, W]
   ins_n = jnp.where(live, count[pc], 0)
-  if mode == "full":
-    show = jnp.ones(trace.regs.shape, bool)
-  else:
-    prev = jnp.concatenate(
-        [jnp.zeros((1, isa.NUM_REGS), trace.regs.dtype), trace.regs[:-1]])
-    show = trace.regs != prev
+  show = _shown_registers(trace, mode)                              # [S, R]
   reg, reg_n, reg_ok = register_windows(trace.regs, show)           # [S, 57]
   reg = jnp.where(live[:, None], reg, 0)
   reg_n = jnp.where(live, reg_n, 0)
@@ -747,12 +753,7 @@ def _render_cot_slots(program: Program, trace: Trace, *, mode: str,
   ins_t, ins_m = instruction_slots(program)                         # [P, I]
   pc = jnp.clip(trace.pc, 0, program.op.shape[0] - 1)
   step_t, step_m = ins_t[pc], ins_m[pc] & live[:, None]             # [S, I]
-  if mode == "full":
-    show = jnp.ones(trace.regs.shape, bool)
-  else:
-    prev = jnp.concatenate(
-        [jnp.zeros((1, isa.NUM_REGS), trace.regs.dtype), trace.regs[:-1]])
-    show = trace.regs != prev
+  show = _shown_registers(trace, mode)                              # [S, R]
   reg_t, reg_m = register_slots(trace.regs, show & live[:, None])   # [S, 8*7]
   nl = jnp.full((s, 1), isa.TOK_NEWLINE, jnp.int32)
   steps_t = jnp.concatenate([step_t, reg_t, nl], axis=-1)

@@ -254,8 +254,7 @@ class GroupWriter:
                example: Mapping[str, np.ndarray], *, part_rows: int,
                chunk_rows: int,
                codec: Mapping[str, Any] | None = DEFAULT_CODEC,
-               attributes: Mapping[str, Any] | None = None,
-               create: bool = True):
+               attributes: Mapping[str, Any] | None = None):
     """Creates (or reopens, for a resume) the group's arrays.
 
     Args:
@@ -267,9 +266,9 @@ class GroupWriter:
       chunk_rows: rows an inner (compressed) chunk holds.
       codec: the zarr v3 compression codec of inner chunks (None: raw).
       attributes: the group's attributes.
-      create: create the group and arrays (or check that they match); False
-        only opens arrays another writer created (several processes write
-        one store: one creates it, all write disjoint parts).
+
+    Several processes may open the same group at once (each writes its own
+    parts): the metadata they write is identical.
     """
     if part_rows % chunk_rows:
       raise StoreError(f"part_rows={part_rows} is not a multiple of "
@@ -277,19 +276,18 @@ class GroupWriter:
     ts = _ts()
     self.path = Path(root) / group
     parts = group.split("/")
-    if create:
-      for i in range(1, len(parts)):  # intermediate groups (e.g. "eval")
-        sub = Path(root).joinpath(*parts[:i])
-        if not (sub / "zarr.json").exists():
-          write_group(sub, {})
-      write_group(self.path, attributes or {})
+    for i in range(1, len(parts)):  # intermediate groups (e.g. "eval")
+      sub = Path(root).joinpath(*parts[:i])
+      if not (sub / "zarr.json").exists():
+        write_group(sub, {})
+    write_group(self.path, attributes or {})
     self.num_rows = num_rows
     self._arrays = {}
     for name, x in example.items():
       spec = _array_spec(self.path, name, (num_rows,) + x.shape[1:],
                          part_rows=part_rows,
                          chunk_rows=min(chunk_rows, part_rows), codec=codec)
-      spec.update(create=create, open=True)
+      spec.update(create=True, open=True)
       self._arrays[name] = ts.open(spec).result()
     self._txn = None
 
@@ -303,24 +301,6 @@ class GroupWriter:
       x = arrays[name]
       futures.append(arr.with_transaction(self._txn)[
           start:start + x.shape[0]].write(x))
-    for f in futures:
-      f.result()
-
-  def write_rows(self, rows, arrays: Mapping[str, np.ndarray]) -> None:
-    """Writes rows at positions `rows` ([B] ascending ints) of every array;
-    each array's `[B, ...]` value may be shorter than the array in its
-    trailing dimensions (the rest of each row keeps the fill value)."""
-    ts = _ts()
-    rows = np.asarray(rows, np.int64)
-    if self._txn is None:
-      self._txn = ts.Transaction()
-    contiguous = rows.size and rows[-1] - rows[0] + 1 == rows.size
-    sel = slice(int(rows[0]), int(rows[-1]) + 1) if contiguous else rows
-    futures = []
-    for name, arr in self._arrays.items():
-      x = arrays[name]
-      index = (sel,) + tuple(slice(0, d) for d in x.shape[1:])
-      futures.append(arr.with_transaction(self._txn)[index].write(x))
     for f in futures:
       f.result()
 
