@@ -112,8 +112,8 @@ CODECS = ("none", "zstd:1", "zstd:3", "zstd:9", "blosc:lz4:5",
 
 def bench_codecs(args) -> dict:
   import tensorstore as ts
-  from tinyvm_jax._src import pipeline
-  from tinyvm_jax._src import zarr_store
+  from tinyvm_jax._src.emit import pipeline
+  from tinyvm_jax._src.io import zarr_store
   plan = pipeline.make_plan(
       tier="tier1", seed_base=0, train_size=args.codec_rows,
       eval_size=args.codec_rows, renders=("direct",), formats=("zarr",),

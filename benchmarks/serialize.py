@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from tinyvm_jax._src import jsonl
+from tinyvm_jax._src.io import jsonl
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data"
 
@@ -96,7 +96,7 @@ def main():
                 jsonl_wall_s=round(best_of.wall, 4))
 
   if not args.no_parquet:
-    from tinyvm_jax._src import parquet
+    from tinyvm_jax._src.io import parquet
     best_of.wall = float("inf")
     dt, table = best_of(lambda: parquet.rows_to_table(batch.rows, **kw),
                         args.repeat)

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from conftest import wait_for_a_recorded_part
 
-from tinyvm_jax._src import loaders
-from tinyvm_jax._src import manifest as manifest_lib
-from tinyvm_jax._src import pipeline
+from tinyvm_jax._src.io import loaders
+from tinyvm_jax._src.io import manifest as manifest_lib
+from tinyvm_jax._src.emit import pipeline
 from tinyvm_jax._src import tiers
 
 DATA = Path(__file__).parent / "data"

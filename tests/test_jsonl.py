@@ -11,7 +11,7 @@ import pytest
 from conftest import DATA, row_files
 from tinyvm_jax._src import interpreter
 from tinyvm_jax._src import isa
-from tinyvm_jax._src import jsonl
+from tinyvm_jax._src.io import jsonl
 from tinyvm_jax._src import program as program_lib
 from tinyvm_jax._src import text
 from tinyvm_jax._src.types import Program, Render, Rows, Tokens, Trace

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyvm_jax._src import jsonl
-from tinyvm_jax._src import loaders
-from tinyvm_jax._src import pipeline
-from tinyvm_jax._src import zarr_store
+from tinyvm_jax._src.io import jsonl
+from tinyvm_jax._src.io import loaders
+from tinyvm_jax._src.emit import pipeline
+from tinyvm_jax._src.io import zarr_store
 
 DATA = Path(__file__).parent / "data"
 SIZES = {"tier0": (300, 60), "tier1": (300, 40)}

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from conftest import DATA, row_files
-from tinyvm_jax._src import jsonl
+from tinyvm_jax._src.io import jsonl
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
-from tinyvm_jax._src import parquet
+from tinyvm_jax._src.io import parquet
 
 
 def load(name):

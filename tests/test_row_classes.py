@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from tinyvm_jax._src import branched
-from tinyvm_jax._src import pipeline
+from tinyvm_jax._src.emit import pipeline
 from tinyvm_jax._src import tiers
-from tinyvm_jax._src import zarr_store
+from tinyvm_jax._src.io import zarr_store
 
 
 def _plan(tier="tier2", train=4000, ev=200, **kw):

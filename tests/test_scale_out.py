@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_for_a_recorded_part
 
-from tinyvm_jax._src import pipeline
+from tinyvm_jax._src.emit import pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 

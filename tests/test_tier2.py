@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyvm_jax._src import jsonl
+from tinyvm_jax._src.io import jsonl
 from tinyvm_jax._src import program as program_lib
-from tinyvm_jax._src import replay
+from tinyvm_jax._src.check import replay
 from tinyvm_jax._src import tiers
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from tinyvm_jax import verify
-from tinyvm_jax._src import pipeline
-from tinyvm_jax._src import zarr_store
+from tinyvm_jax._src.emit import pipeline
+from tinyvm_jax._src.io import zarr_store
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parents[1]

@@ -32,7 +32,7 @@ from pathlib import Path
 from absl import app
 from absl import flags
 
-from tinyvm_jax._src import pipeline
+from tinyvm_jax._src.emit import pipeline
 
 _TIERS = ("tier0", "tier1", "tier2")
 _DEVICES = ("cpu", "gpu", "tpu")

@@ -35,14 +35,14 @@ import numpy as np
 
 from tinyvm_jax._src import interpreter
 from tinyvm_jax._src import keys as keys_lib
-from tinyvm_jax._src import loaders
-from tinyvm_jax._src import manifest as manifest_lib
-from tinyvm_jax._src import pipeline
+from tinyvm_jax._src.io import loaders
+from tinyvm_jax._src.io import manifest as manifest_lib
+from tinyvm_jax._src.emit import pipeline
 from tinyvm_jax._src import program as program_lib
-from tinyvm_jax._src import replay
+from tinyvm_jax._src.check import replay
 from tinyvm_jax._src import tiers
 from tinyvm_jax._src import userop
-from tinyvm_jax._src import zarr_store
+from tinyvm_jax._src.io import zarr_store
 from tinyvm_jax._src.types import Rows
 
 FLAGS = flags.FLAGS

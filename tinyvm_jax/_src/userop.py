@@ -108,7 +108,7 @@ from tinyvm_jax._src import render as render_lib
 from tinyvm_jax._src import text as text_lib
 from tinyvm_jax._src import validate as validate_lib
 from tinyvm_jax._src.program import ProgramError
-from tinyvm_jax._src.replay import Mismatch
+from tinyvm_jax._src.check.replay import Mismatch
 from tinyvm_jax._src.types import Program, Render, Trace
 
 TIER = "tier4_userop"

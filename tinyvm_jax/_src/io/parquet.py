@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from tinyvm_jax._src import isa
-from tinyvm_jax._src import jsonl
+from tinyvm_jax._src.io import jsonl
 from tinyvm_jax._src.types import Program, Rows, Tokens, Trace
 
 

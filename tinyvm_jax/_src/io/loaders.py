@@ -20,7 +20,7 @@ from tinyvm_jax._src import interpreter
 from tinyvm_jax._src import program as program_lib
 from tinyvm_jax._src import render as render_lib
 from tinyvm_jax._src import text as text_lib
-from tinyvm_jax._src import zarr_store
+from tinyvm_jax._src.io import zarr_store
 
 PROMPT_MODES = ("direct", "cot", "cot_modified", "probe_query")
 

@@ -52,10 +52,10 @@ from jax.sharding import Mesh, PartitionSpec
 import numpy as np
 
 from tinyvm_jax._src import keys as keys_lib
-from tinyvm_jax._src import manifest as manifest_lib
+from tinyvm_jax._src.io import manifest as manifest_lib
 from tinyvm_jax._src import render as render_lib
 from tinyvm_jax._src import tiers
-from tinyvm_jax._src import zarr_store
+from tinyvm_jax._src.io import zarr_store
 from tinyvm_jax._src.types import Program, Render, Rows, Tokens, Trace
 
 FORMATS = ("zarr", "jsonl", "parquet")
@@ -597,7 +597,7 @@ class _JsonlWriter:
   write), and a finished split of one piece needs no copy."""
 
   def __init__(self, plan: Plan, work: Path, done: Mapping[str, dict]):
-    from tinyvm_jax._src import jsonl
+    from tinyvm_jax._src.io import jsonl
     self._jsonl = jsonl
     self.plan, self.work, self.done = plan, work, done
     self.lines, self.positions = [], []
@@ -675,7 +675,7 @@ class _ParquetWriter:
   (written under a temporary name, then renamed)."""
 
   def __init__(self, plan: Plan, work: Path, done: Mapping[str, dict]):
-    from tinyvm_jax._src import parquet
+    from tinyvm_jax._src.io import parquet
     self._parquet = parquet
     self.plan, self.work = plan, work
     self.tables, self.positions = [], []
