@@ -68,8 +68,8 @@ def row_summaries(prog, out, n_out, steps, err, axes) -> dict:
   writes = valid & isa.WRITES_REG[prog.op]
   lit = prog.lit
   is_load = op == isa.LOAD
-  toks = (1 + isa.N_REGS[prog.op]
-          + isa.N_LITS[prog.op] * (_digits(lit) + (lit < 0))
+  toks = (1 + isa.REG_ARGS[prog.op]
+          + isa.LIT_ARGS[prog.op] * (_digits(lit) + (lit < 0))
           + (prog.label >= 0) * (2 + _digits(prog.label))
           + (prog.target_label >= 0) * (1 + _digits(prog.target_label)) + 1)
   return {

@@ -202,7 +202,7 @@ def _parse(prog, axes, m):
       _need(not cup or dest not in cup_roles, f"{i}: countup destination")
       if x["op"] == "LOAD":
         _need(-127 <= x["args"][1] <= 127, f"{i}: literal")
-  used = {r for x in prog for r in x["args"][:isa.N_REGS[isa.OP_IDS[x["op"]]]]}
+  used = {r for x in prog for r in x["args"][:isa.REG_ARGS[isa.OP_IDS[x["op"]]]]}
   _need(len(used) <= k, "more than k registers")
   return {"m": m, "f": f, "branches": branches, "loops": loops, "k": k}
 
@@ -235,7 +235,7 @@ def test_programs_round_trip_validate_and_follow_the_templates(groups,
     for field in P.Program.__dataclass_fields__:
       np.testing.assert_array_equal(getattr(back, field), getattr(prog, field),
                                     err_msg=f"row {i} {field}")
-    assert validate.check(prog) == [], f"row {i}"
+    assert validate.find_issues(prog) == [], f"row {i}"
     parse(js, _axes_dict(axes[i]))
 
 
@@ -376,7 +376,7 @@ def _figures(axes, progs, out, steps, group):
   mean("program_len/mean", progs.length)
   mean("trace_steps/mean", steps)
   digits = lambda x: 1 + (abs(x) >= 10) + (abs(x) >= 100) + (abs(x) >= 1000)
-  toks = (2 + isa.N_REGS[progs.op] + isa.N_LITS[progs.op] * (
+  toks = (2 + isa.REG_ARGS[progs.op] + isa.LIT_ARGS[progs.op] * (
       digits(progs.lit) + (progs.lit < 0))
           + (progs.label >= 0) * (2 + digits(progs.label))
           + (progs.target_label >= 0) * (1 + digits(progs.target_label)))

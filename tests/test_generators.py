@@ -88,13 +88,13 @@ def test_register_trace_structure():
     assert set(p.op[:n].tolist()) <= set(isa.FILL_OPS)
     assert p.op[n] == isa.PRINT and p.op[n + 1] == isa.HALT
     active = _active(jax.random.fold_in(jax.random.key(7), i), k)
-    used = {int(r) for j in range(n) for r in p.regs[j, :isa.N_REGS[p.op[j]]]}
+    used = {int(r) for j in range(n) for r in p.regs[j, :isa.REG_ARGS[p.op[j]]]}
     assert used <= set(active)
     assert p.regs[n, 0] == p.regs[n - 1, 0]      # prints the last write
     assert (p.lit[p.op != isa.LOAD] == 0).all()
     assert ((p.lit >= -127) & (p.lit <= 127)).all()
     _check_padding(p, n)
-    assert validate.check(p) == []
+    assert validate.find_issues(p) == []
     assert t.error == 0 and t.halted and t.num_output == 1
     assert t.output[0] == t.regs[n - 1, p.regs[n, 0]]
 
@@ -140,7 +140,7 @@ def test_distractors_are_never_printed(d):
     # the most recent write of a non-distractor
     last = max(j for j in range(n) if int(p.regs[j, 0]) not in distract)
     assert printed == p.regs[last, 0]
-    assert validate.check(p) == []
+    assert validate.find_issues(p) == []
   assert (np.asarray(traces.error) == 0).all()
 
 
@@ -184,7 +184,7 @@ def test_flat_output_histogram_flattens():
   assert tv(flat) < tv(plain) - 0.1
   for i in range(0, count, 37):
     p = _host(flat_p, i)
-    assert validate.check(p) == [] and p.regs[n, 0] == p.regs[n - 1, 0]
+    assert validate.find_issues(p) == [] and p.regs[n, 0] == p.regs[n - 1, 0]
   assert (np.asarray(flat_t.error) == 0).all()
 
 

@@ -11,6 +11,7 @@ import pytest
 from conftest import DATA, row_files
 from tinyvm_jax._src import interpreter
 from tinyvm_jax._src import isa
+from tinyvm_jax._src import keys
 from tinyvm_jax._src.io import jsonl
 from tinyvm_jax._src import program as program_lib
 from tinyvm_jax._src import text
@@ -77,7 +78,7 @@ def test_device_arrays():
 
 def test_seed_of_int32_key_data():
   key_data = np.array([[-1, -2], [0, 1], [7, -2 ** 31]], np.int32)
-  assert jsonl.seeds(key_data).tolist() == [
+  assert keys.seeds_from_key_data(key_data).tolist() == [
       (2 ** 32 - 1) << 32 | (2 ** 32 - 2), 1, 7 << 32 | 2 ** 31]
 
 

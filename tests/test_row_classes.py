@@ -9,6 +9,7 @@ import pytest
 
 from tinyvm_jax._src import branched
 from tinyvm_jax._src.emit import pipeline
+from tinyvm_jax._src import keys as keys_lib
 from tinyvm_jax._src import tiers
 from tinyvm_jax._src.io import zarr_store
 
@@ -141,7 +142,7 @@ def test_fill_values_are_the_padding_values():
   big = dataclasses.replace(sp.shapes, max_len=sp.shapes.max_len + 7,
                             max_steps=sp.shapes.max_steps + 5)
   rows = jax.device_get(pipeline._rows_batch(
-      plan.tier, pipeline.split_key_data(0, sp.split, sp.bucket),
+      plan.tier, keys_lib.split_key_data(0, sp.split, sp.bucket),
       np.arange(4, dtype=np.int32), np.int32(4),
       np.asarray(sp.axes, np.int32), np.asarray(False), shapes=big,
       renders=plan.renders, vmap_rows=4))

@@ -389,7 +389,7 @@ def test_generated_programs_follow_section_11(generated):
       first = _first_written(ws[:-3], u.n_args)
       if len(first) == u.n_args:
         assert call["args"] == first
-      regs = {a for ins in ws for a in ins["args"][:isa.N_REGS[
+      regs = {a for ins in ws for a in ins["args"][:isa.REG_ARGS[
           isa.OP_IDS[ins["op"]]]]}
       assert len(regs) <= max(2, u.n_args)
       assert any(i["op"] == "PUSH" for i in ws) == row["meta"]["use_stack"]

@@ -47,7 +47,7 @@ def test_reference_programs_are_many():
 @pytest.mark.parametrize("name", sorted({n.split("/")[0] for n, _ in REFERENCE}))
 def test_reference_programs_pass(name):
   progs = [p for n, p in REFERENCE if n.split("/")[0] == name]
-  failures = [(i, validate.check(p)) for i, p in enumerate(progs)]
+  failures = [(i, validate.find_issues(p)) for i, p in enumerate(progs)]
   assert [f for f in failures if f[1]] == []
 
 
@@ -57,7 +57,7 @@ def test_reference_programs_pass_as_arrays(name):
   for n, p in REFERENCE:
     if n.split("/")[0] == name:
       prog = program_lib.from_json(p, max_len=len(p) + 5)  # padded
-      assert validate.check(prog) == [], n
+      assert validate.find_issues(prog) == [], n
 
 
 # (id, program, index of the first issue, words its reason contains)
@@ -140,7 +140,7 @@ INVALID = [
 @pytest.mark.parametrize("prog,index,words", [c[1:] for c in INVALID],
                          ids=[c[0] for c in INVALID])
 def test_invalid_programs_are_refused(prog, index, words):
-  issues = validate.check(prog)
+  issues = validate.find_issues(prog)
   assert issues, "accepted"
   assert issues[0].index == index
   assert any(words in i.reason for i in issues if i.index == index), issues
@@ -176,14 +176,14 @@ VALID = [
 
 @pytest.mark.parametrize("prog", [c[1] for c in VALID], ids=[c[0] for c in VALID])
 def test_valid_programs_pass(prog):
-  assert validate.check(prog) == []
+  assert validate.find_issues(prog) == []
   validate.validate(prog)
-  assert validate.check(program_lib.from_json(prog, max_len=len(prog) + 2)) == []
+  assert validate.find_issues(program_lib.from_json(prog, max_len=len(prog) + 2)) == []
 
 
 def test_reports_every_issue_sorted():
   prog = [ins("PRINT", 1), ins("LOAD", 9, 200), ins("POP", 0)]
-  issues = validate.check(prog)
+  issues = validate.find_issues(prog)
   assert [i.index for i in issues] == [0, 1, 1, 2]
   with pytest.raises(ProgramError, match=r"^instruction 0: .*\(and 3 more issues\)$"):
     validate.validate(prog)
@@ -200,10 +200,10 @@ def test_issue_is_frozen_and_printable():
 def test_userop_writes_by_position():
   prog = [ins("LOAD", 1, 1), ins("LOAD", 2, 1), ins("USEROP_1", 5, 1, 6),
           ins("PRINT", 6)]
-  assert [i.index for i in validate.check(prog)] == [3]
-  assert validate.check(prog, userop_writes={"USEROP_1": (0, 2)}) == []
-  assert validate.check(prog, userop_writes={17: (2,)}) == []
-  assert validate.check(prog, userop_writes={17: ()})[0].index == 3
+  assert [i.index for i in validate.find_issues(prog)] == [3]
+  assert validate.find_issues(prog, userop_writes={"USEROP_1": (0, 2)}) == []
+  assert validate.find_issues(prog, userop_writes={17: (2,)}) == []
+  assert validate.find_issues(prog, userop_writes={17: ()})[0].index == 3
 
 
 @pytest.mark.parametrize("spec,words", [
@@ -213,7 +213,7 @@ def test_userop_writes_by_position():
 ])
 def test_bad_userop_writes(spec, words):
   with pytest.raises(ProgramError, match=words):
-    validate.check([ins("NOP")], userop_writes=spec)
+    validate.find_issues([ins("NOP")], userop_writes=spec)
 
 
 # ------------------------------------------------------------ Program input
@@ -226,20 +226,20 @@ def test_program_arrays_checked_directly():
   base = program_lib.from_json(
       [ins("LOAD", 0, 1), ins("JZ", 0, target="L0"), ins("NOP", label="L0"),
        ins("PRINT", 0)], max_len=6)
-  assert validate.check(base) == []
+  assert validate.find_issues(base) == []
   bad_op = _with(base, op=np.where(np.arange(6) == 2, 21, base.op))
-  assert validate.check(bad_op)[0] == validate.Issue(2, "opcode 21 outside 0..20")
+  assert validate.find_issues(bad_op)[0] == validate.Issue(2, "opcode 21 outside 0..20")
   bad_target = _with(base, target=[-1, 3, -1, -1, -1, -1])
-  assert "disagrees with label L0" in validate.check(bad_target)[0].reason
+  assert "disagrees with label L0" in validate.find_issues(bad_target)[0].reason
   dup = _with(base, label=[-1, -1, 0, 0, -1, -1])
-  assert validate.check(dup)[0].index == 3
+  assert validate.find_issues(dup)[0].index == 3
   too_long = _with(base, length=7)
-  assert validate.check(too_long) == [validate.Issue(-1, "length 7 outside 0..6 "
+  assert validate.find_issues(too_long) == [validate.Issue(-1, "length 7 outside 0..6 "
                                                          "(the padded size)")]
   # padding rows are never looked at
   junk = _with(base, op=[0, 9, 14, 13, 12, 12], regs=np.full((6, 3), 9) *
                (np.arange(6) >= 4)[:, None])
-  assert validate.check(junk) == []
+  assert validate.find_issues(junk) == []
 
 
 def test_program_of_jax_arrays():
@@ -247,24 +247,24 @@ def test_program_of_jax_arrays():
   import jax
   prog = program_lib.from_json([ins("POP", 0)], max_len=3)
   prog = jax.tree_util.tree_map(jnp.asarray, prog)
-  assert validate.check(prog)[0].index == 0
+  assert validate.find_issues(prog)[0].index == 0
 
 
 def test_golden_ir_label_index_checked():
   ir = {"instructions": [ins(14, label="L0"), ins(10, target="L0")],
         "label_index": {"L0": 0}}
-  assert validate.check(ir) == []
+  assert validate.find_issues(ir) == []
   ir["label_index"] = {"L0": 1}
-  assert validate.check(ir)[0].index == -1
+  assert validate.find_issues(ir)[0].index == -1
 
 
 @pytest.mark.parametrize("bad", ["LOAD R0 1", 3, None, {"program": []}])
 def test_bad_input_type(bad):
   with pytest.raises(TypeError):
-    validate.check(bad)
+    validate.find_issues(bad)
 
 
 def test_batched_program_refused():
   prog = program_lib.stack([program_lib.from_json([ins("NOP")])] * 2)
   with pytest.raises(ProgramError, match="unbatched"):
-    validate.check(prog)
+    validate.find_issues(prog)

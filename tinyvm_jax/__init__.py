@@ -58,7 +58,7 @@ from tinyvm_jax._src.userop import DEFAULT_USEROPS
 from tinyvm_jax._src.userop import generate_userop_rows
 from tinyvm_jax._src.userop import substitute
 from tinyvm_jax._src.userop import UserOp
-from tinyvm_jax._src.validate import check
+from tinyvm_jax._src.validate import find_issues
 from tinyvm_jax._src.validate import Issue
 from tinyvm_jax._src.validate import validate
 
@@ -84,7 +84,7 @@ __all__ = (
     "VMError",
     "VOCAB_SIZE",
     "build",
-    "check",
+    "find_issues",
     "decode",
     "detokenize",
     "detokenize_batch",

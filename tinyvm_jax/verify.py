@@ -359,7 +359,7 @@ def zarr_replay(store, *, rebuild: bool, batch_size: int
 def _zarr_group(store, tier, sp, renders, top, seed_base, rebuild,
                 batch_size):
   """Yields the mismatches of one group (see `zarr_replay`)."""
-  split_kd = pipeline.split_key_data(seed_base, sp.split, sp.bucket)
+  split_kd = keys_lib.split_key_data(seed_base, sp.split, sp.bucket)
   p = sp.shapes.max_len
   for start in range(0, sp.num_rows, batch_size):
     stored = store.read(sp.name, start, min(sp.num_rows, start + batch_size))

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tinyvm_jax._src import checks
 from tinyvm_jax._src import isa
 from tinyvm_jax._src import keys as keys_lib
 from tinyvm_jax._src.types import Program
@@ -275,7 +276,7 @@ def _fill_pool(key: jax.Array, p_max: int, r: _Regs):
   src1 = r.perm[_uniform(w[:, 1], r.k)]
   src2 = r.perm[_uniform(w[:, 2], r.k)]
   lit = _uniform(w[:, 3], isa.LITERAL_MAX - isa.LITERAL_MIN + 1)
-  n_regs = jnp.asarray(isa.N_REGS)[op]
+  n_regs = jnp.asarray(isa.REG_ARGS)[op]
   regs = jnp.stack([dest, jnp.where(n_regs >= 2, src1, 0),
                     jnp.where(n_regs >= 3, src2, 0)], axis=-1)
   lit = jnp.where(op == isa.LOAD, lit + isa.LITERAL_MIN, 0)
@@ -297,7 +298,7 @@ def _axis_grid(n_max, k_max, b_max, l_max, frames_max, b_min):
   for what, v, lo in (("n_max", n_max, 0), ("k_max", k_max, 2),
                       ("b_max", b_max, 0), ("l_max", l_max, 0),
                       ("frames_max", frames_max, 0), ("b_min", b_min, 0)):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+    if not checks.is_int(v) or v < lo:
       raise ValueError(f"{what} must be an integer >= {lo}, got {v!r}")
   if b_min > b_max:
     raise ValueError(f"b_min={b_min} is above b_max={b_max}")
@@ -390,7 +391,7 @@ def _scalar(x, what: str):
 
 def _check_args(key, max_len, n, k, b, l, use_stack, stack_frames) -> None:
   """Raises ValueError on a bad static size or out-of-range concrete axes."""
-  if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) \
+  if not checks.is_int(max_len) \
       or max_len < 1:
     raise ValueError(f"gen_branched: max_len must be a positive int, got "
                      f"{max_len!r}")

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tinyvm_jax._src import interpreter
+from tinyvm_jax._src import checks
 from tinyvm_jax._src import isa
 from tinyvm_jax._src import keys as keys_lib
 from tinyvm_jax._src.types import Program
@@ -48,7 +49,7 @@ _NUM_FILL_OPS = len(isa.FILL_OPS)
 assert isa.FILL_OPS == tuple(range(_NUM_FILL_OPS))  # op id == fill index
 _COUNTER_OPS = np.array([isa.ADD, isa.SUB, isa.NEG, isa.MOV], np.int32)
 _N_LITERALS = isa.LITERAL_MAX - isa.LITERAL_MIN + 1
-_N_REGS_TABLE = np.asarray(isa.N_REGS, np.int32)
+_N_REGS_TABLE = np.asarray(isa.REG_ARGS, np.int32)
 
 # Printed-value buckets (value // 100, -11..10) and the Tier 1 train
 # frequency of each, measured on the reference's 200,000 rows (stats.json);
@@ -279,8 +280,7 @@ def gen_register_trace(key: jax.Array, n: jax.Array, k: jax.Array, *,
   """
   if max_len < 3:
     raise ValueError(f"gen_register_trace needs max_len >= 3, got {max_len}")
-  if isinstance(distractor_regs, bool) or not isinstance(
-      distractor_regs, int) or distractor_regs < 0:
+  if not checks.is_int(distractor_regs) or distractor_regs < 0:
     raise ValueError(f"distractor_regs must be >= 0, got {distractor_regs!r}")
   if not flat_output_histogram:
     return _register_trace(key, n, k, max_len, distractor_regs,

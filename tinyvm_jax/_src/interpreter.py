@@ -21,7 +21,7 @@ from tinyvm_jax._src import program as program_lib
 from tinyvm_jax._src.types import Program, Trace
 
 _WRITES = np.asarray(isa.WRITES_REG, np.int32)     # [21]
-_N_REGS = np.asarray(isa.N_REGS, np.int32)          # [21]
+_N_REGS = np.asarray(isa.REG_ARGS, np.int32)          # [21]
 
 
 class Instruction(NamedTuple):

@@ -29,9 +29,9 @@ NUM_BASE_OPS = 16
 OP_IDS = {name: i for i, name in enumerate(OP_NAMES)}
 
 # operand counts per opcode: registers, literals, jump target
-N_REGS = np.array([1, 2, 3, 3, 3, 3, 2, 3, 3, 1, 0, 1, 1, 1, 0, 0,
+REG_ARGS = np.array([1, 2, 3, 3, 3, 3, 2, 3, 3, 1, 0, 1, 1, 1, 0, 0,
                    2, 3, 2, 3, 2], np.int32)
-N_LITS = np.array([1] + [0] * 20, np.int32)
+LIT_ARGS = np.array([1] + [0] * 20, np.int32)
 HAS_TARGET = np.zeros(NUM_OPS, bool)
 HAS_TARGET[[JZ, JMP]] = True
 # opcodes whose first register operand is written

@@ -70,14 +70,24 @@ def base_key(seed_base) -> jax.Array:
   return jax.random.wrap_key_data(_u64_words(seed_base), impl=IMPL)
 
 
+def split_key(seed_base, split: str, bucket: str | None) -> jax.Array:
+  """The key of one split (host): `fold_in(fold_in(key(seed_base), split),
+  crc32(bucket))`; its rows' keys fold in their index."""
+  key = base_key(seed_base)
+  key = jax.random.fold_in(key, split_id(split))
+  return jax.random.fold_in(key, bucket_id(bucket))
+
+
+def split_key_data(seed_base, split: str, bucket: str | None) -> np.ndarray:
+  """[2] uint32 key data of `split_key` (host)."""
+  return np.asarray(jax.random.key_data(split_key(seed_base, split, bucket)))
+
+
 def row_key(seed_base, split: str, bucket: str | None,
             index: jax.Array) -> jax.Array:
   """The key of one row; `index` may be traced ([] int32/uint32), vmap for
   batches. `seed_base`, `split` and `bucket` are host values."""
-  key = base_key(seed_base)
-  key = jax.random.fold_in(key, split_id(split))
-  key = jax.random.fold_in(key, bucket_id(bucket))
-  return jax.random.fold_in(key, index)
+  return jax.random.fold_in(split_key(seed_base, split, bucket), index)
 
 
 def seed_to_key(seed) -> jax.Array:
@@ -96,9 +106,26 @@ def key_to_seed(key: jax.Array) -> int:
 
 
 def seeds_from_key_data(key_data) -> np.ndarray:
-  """[...] uint64 seeds from [..., 2] uint32 key data (host, vectorised)."""
-  d = np.asarray(key_data, np.uint64)
+  """[...] uint64 `meta.seed`s (hi << 32 | lo) of [..., 2] key data (host,
+  vectorised; int32 key data is read as its uint32 bits)."""
+  d = np.asarray(key_data).astype(np.uint32).astype(np.uint64)
   return (d[..., 0] << np.uint64(32)) | d[..., 1]
+
+
+def probe_step(key_data: jax.Array, num_steps: jax.Array) -> jax.Array:
+  """[] int32 step a probe_query render asks about: `meta.seed % num_steps`
+  (as the reference's probe rows choose it), in-graph for one [2] uint32
+  key; `num_steps` in [1, 2**16) (0 is read as 1)."""
+  m = jnp.maximum(num_steps, 1).astype(jnp.uint32)
+  wrap = (jnp.uint32(0xFFFFFFFF) % m + 1) % m          # 2**32 mod m
+  hi, lo = key_data[0] % m, key_data[1] % m
+  return ((hi * wrap + lo) % m).astype(jnp.int32)
+
+
+def probe_steps(key_data: np.ndarray, num_steps: np.ndarray) -> np.ndarray:
+  """[B] int32 `probe_step` of [B, 2] key data on the host."""
+  steps = np.maximum(np.asarray(num_steps), 1).astype(np.uint64)
+  return (seeds_from_key_data(key_data) % steps).astype(np.int32)
 
 
 def axes_key(key: jax.Array) -> jax.Array:

@@ -71,7 +71,7 @@ def from_json(instructions: Sequence[Mapping[str, Any]], *,
       raise ProgramError(f"{where}: not an instruction object with an 'op'")
     o = _op_id(ins["op"], where)
     args = ins.get("args", [])
-    nr, nl = int(isa.N_REGS[o]), int(isa.N_LITS[o])
+    nr, nl = int(isa.REG_ARGS[o]), int(isa.LIT_ARGS[o])
     if not isinstance(args, (list, tuple)) or len(args) != nr + nl or not all(
         isinstance(a, (int, np.integer)) and not isinstance(a, bool)
         for a in args):
@@ -117,8 +117,8 @@ def to_json(program: Program) -> list[dict[str, Any]]:
   out = []
   for i in range(int(program.length)):
     o = int(op[i])
-    args = [int(r) for r in regs[i, :isa.N_REGS[o]]]
-    if isa.N_LITS[o]:
+    args = [int(r) for r in regs[i, :isa.REG_ARGS[o]]]
+    if isa.LIT_ARGS[o]:
       args.append(int(lit[i]))
     out.append({
         "op": isa.OP_NAMES[o],
@@ -164,8 +164,8 @@ def instruction_tokens(program: Program, i: int) -> list[int]:
   if program.label[i] >= 0:
     toks += [isa.TOK_L] + number_tokens(int(program.label[i])) + [isa.TOK_COLON]
   toks.append(int(isa.OP_TOKEN[o]))
-  toks += [isa.TOK_R0 + int(r) for r in program.regs[i, :isa.N_REGS[o]]]
-  if isa.N_LITS[o]:
+  toks += [isa.TOK_R0 + int(r) for r in program.regs[i, :isa.REG_ARGS[o]]]
+  if isa.LIT_ARGS[o]:
     toks += number_tokens(int(program.lit[i]))
   if program.target_label[i] >= 0:
     toks += [isa.TOK_L] + number_tokens(int(program.target_label[i]))
@@ -229,12 +229,12 @@ def decode_json(ids: Sequence[int]) -> list[dict[str, Any]]:
     o = sym_to_op[ids[pos]]
     pos += 1
     args = []
-    for _ in range(int(isa.N_REGS[o])):
+    for _ in range(int(isa.REG_ARGS[o])):
       if pos >= len(ids) or not isa.TOK_R0 <= ids[pos] < isa.TOK_R0 + 8:
         fail(f"expected a register operand of {isa.OP_NAMES[o]}")
       args.append(ids[pos] - isa.TOK_R0)
       pos += 1
-    if isa.N_LITS[o]:
+    if isa.LIT_ARGS[o]:
       args.append(number())
     tgt = None
     if pos < len(ids) and ids[pos] == isa.TOK_L:

@@ -102,7 +102,7 @@ def sample_task(key: jax.Array, *, n_min: int, n_max: int, k: int,
   p = n_max + 2
   fill = jnp.arange(p) < n
   used = (jnp.arange(isa.MAX_REG_ARGS)[None, :]
-          < jnp.asarray(isa.N_REGS)[prog.op][:, None])           # [P, 3]
+          < jnp.asarray(isa.REG_ARGS)[prog.op][:, None])           # [P, 3]
   pool = jnp.where(used & fill[:, None], prog.regs, -1).reshape(-1)
   pick = jax.random.choice(jax.random.fold_in(kd, 0), pool, (p, 3),
                            p=(pool >= 0) / (pool >= 0).sum())
@@ -158,7 +158,7 @@ def live_rows(program: Program) -> jax.Array:
   """[P] bool: fill instructions whose result reaches the final register
   file (backward liveness with every register observed at the end)."""
   rows = _hidden_rows(program)
-  n_src = jnp.asarray(isa.N_REGS)[program.op] - 1               # [P]
+  n_src = jnp.asarray(isa.REG_ARGS)[program.op] - 1               # [P]
 
   def back(live, i):
     d = program.regs[i, 0]
@@ -254,7 +254,7 @@ def evaluate(task: Task, logits: jax.Array, loss: jax.Array, *, hide: str,
   if hide == "ops":
     same = progs.op[best] == task.program.op
   else:
-    n_src = jnp.asarray(isa.N_REGS)[task.program.op] - 1          # [P]
+    n_src = jnp.asarray(isa.REG_ARGS)[task.program.op] - 1          # [P]
     used = jnp.arange(2)[None, :] < n_src[:, None]                 # [P, 2]
     same = jnp.all((progs.regs[best, :, 1:] == task.program.regs[:, 1:])
                    | ~used, -1)

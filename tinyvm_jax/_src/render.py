@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tinyvm_jax._src import checks
 from tinyvm_jax._src import isa
 from tinyvm_jax._src.types import Program, Render, Tokens, Trace
 
@@ -122,9 +123,9 @@ def instruction_slots(program: Program) -> tuple[jax.Array, jax.Array]:
   op = jnp.clip(program.op, 0, isa.NUM_OPS - 1)                     # [P]
   lab_t, lab_m = _label_slots(program.label)                        # [P, 5]
   colon = jnp.full((p, 1), isa.TOK_COLON, jnp.int32)
-  reg_m = jnp.arange(isa.MAX_REG_ARGS) < jnp.asarray(isa.N_REGS)[op][:, None]
+  reg_m = jnp.arange(isa.MAX_REG_ARGS) < jnp.asarray(isa.REG_ARGS)[op][:, None]
   lit_t, lit_m = number_slots(program.lit)                          # [P, 5]
-  lit_m = lit_m & (jnp.asarray(isa.N_LITS)[op] > 0)[:, None]
+  lit_m = lit_m & (jnp.asarray(isa.LIT_ARGS)[op] > 0)[:, None]
   tgt_t, tgt_m = _label_slots(program.target_label)                 # [P, 5]
   toks = jnp.concatenate([
       lab_t, colon, jnp.asarray(isa.OP_TOKEN)[op][:, None],
@@ -183,7 +184,7 @@ def plain_width(literal_digits: int) -> int:
   """Slots of one instruction's window in the plain layout: OP, the
   operands (registers, or a register and MINUS + digits), NEWLINE."""
   operands = max(int(r) + int(n) * (1 + literal_digits)
-                 for r, n in zip(isa.N_REGS, isa.N_LITS))
+                 for r, n in zip(isa.REG_ARGS, isa.LIT_ARGS))
   return 1 + operands + 1
 
 
@@ -253,8 +254,8 @@ def plain_instruction_windows(program: Program, *, literal_digits: int
   w = plain_width(literal_digits)
   hi = 10 ** literal_digits - 1
   op = jnp.clip(program.op, 0, isa.NUM_OPS - 1)[:, None]            # [P, 1]
-  nregs = jnp.asarray(isa.N_REGS)[op]
-  has_lit = jnp.asarray(isa.N_LITS)[op] > 0
+  nregs = jnp.asarray(isa.REG_ARGS)[op]
+  has_lit = jnp.asarray(isa.LIT_ARGS)[op] > 0
   lit = program.lit[:, None]
   nlit = jnp.where(has_lit, (lit < 0).astype(jnp.int32)
                    + _num_digits(jnp.abs(lit)), 0)
@@ -428,8 +429,8 @@ def instruction_windows(program: Program, *, label_digits: int,
   lit_hi = 10 ** literal_digits - 1
   digits = jnp.asarray(_number_table(0, lab_hi))
   op = jnp.clip(program.op, 0, isa.NUM_OPS - 1)                     # [P]
-  nregs = jnp.asarray(isa.N_REGS)[op]
-  has_lit = jnp.asarray(isa.N_LITS)[op] > 0
+  nregs = jnp.asarray(isa.REG_ARGS)[op]
+  has_lit = jnp.asarray(isa.LIT_ARGS)[op] > 0
   live = jnp.arange(p) < program.length
   # pieces: `L d..` (+ COLON), OP R.., `MINUS? d..`, `L d..`; then NEWLINE
   has_lab = program.label >= 0
@@ -592,7 +593,7 @@ def _windowed_cot(program: Program, trace: Trace, *, mode: str,
 
 # ------------------------------------------------------------- checks
 def _check_size(name: str, value) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
+  if not checks.is_int(value) or (
       value < 1):
     raise ValueError(f"{name} must be a positive Python int (static), "
                      f"got {value!r}")
@@ -603,7 +604,7 @@ def _check_digits(**digits) -> None:
     hi = isa.MAX_LABEL_DIGITS if k == "label_digits" else (
         isa.MAX_LITERAL_DIGITS if k == "literal_digits" else
         isa.MAX_VALUE_DIGITS)
-    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
+    if not checks.is_int(v) or not 0 <= v <= hi:
       raise ValueError(f"{k} must be an int in [0, {hi}], got {v!r}")
 
 
@@ -904,7 +905,7 @@ def max_render_lengths(name: str, *, max_len: int, max_steps: int,
   _check_size("max_len", max_len)
   _check_size("max_steps", max_steps)
   outputs = max_steps if max_outputs is None else max_outputs
-  if isinstance(outputs, bool) or not isinstance(outputs, int) or not (
+  if not checks.is_int(outputs) or not (
       0 <= outputs <= max_steps):
     raise ValueError(f"max_outputs must be an int in [0, max_steps], got "
                      f"{max_outputs!r}")

@@ -2,6 +2,8 @@
 caller's jitted step, with no host round-trip."""
 
 import chex
+
+from tinyvm_jax._src import checks
 import jax
 import jax.numpy as jnp
 
@@ -56,7 +58,7 @@ def sample_batch(key: jax.Array, tier, batch_size: int, *,
     A `Batch` with leading dimension B.
   """
   tier = tiers_lib.get_tier(tier)
-  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or (
+  if not checks.is_int(batch_size) or (
       batch_size < 1):
     raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
   if render not in render_lib.RENDERS:

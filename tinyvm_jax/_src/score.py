@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tinyvm_jax._src import checks
 from tinyvm_jax._src import isa
 
 _SEP = isa.TOK_NEWLINE  # separator after each value of a canonical stream
@@ -116,7 +117,7 @@ def score(pred_ids: Sequence[int], target_ids: Sequence[int]) -> float:
     if isinstance(x, (str, bytes)) or not hasattr(x, "__len__"):
       raise ValueError(f"{name} must be a sequence of ints, got "
                        f"{type(x).__name__}")
-    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer))
+    if any(not checks.is_int(v)
            for v in x):
       raise ValueError(f"{name} must hold only ints")
   return float(_score_jit(_bucket(pred_ids), _bucket(target_ids)))

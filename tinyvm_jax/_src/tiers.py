@@ -261,14 +261,6 @@ def get_tier(name) -> Tier:
 
 
 # ------------------------------------------------------------- rows
-def _seed_mod(key_data: jax.Array, m: jax.Array) -> jax.Array:
-  """meta.seed % m for a [2] uint32 key (hi, lo), 1 <= m < 2**16."""
-  m = jnp.maximum(m, 1).astype(jnp.uint32)
-  wrap = (jnp.uint32(0xFFFFFFFF) % m + 1) % m          # 2**32 mod m
-  hi, lo = key_data[0] % m, key_data[1] % m
-  return ((hi * wrap + lo) % m).astype(jnp.int32)
-
-
 def render_row(name: str, program: Program, trace: Trace,
                key_data: jax.Array, *, max_input_len: int,
                max_target_len: int, label_digits: int = isa.MAX_LABEL_DIGITS,
@@ -278,7 +270,7 @@ def render_row(name: str, program: Program, trace: Trace,
   `label_digits`, `literal_digits`: static promise on the program (a
   split's `Shapes`); 0 label digits selects the cheaper plain layout of
   the direct render, with identical tokens."""
-  step = (_seed_mod(key_data, trace.num_steps) if name == "probe_query"
+  step = (keys_lib.probe_step(key_data, trace.num_steps) if name == "probe_query"
           else None)
   return render_lib.render(name, program, trace, max_input_len=max_input_len,
                            max_target_len=max_target_len, step=step,
@@ -373,10 +365,7 @@ def generate(tier, seed_base: int, split: str, bucket: str | None,
   if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer) or (
       indices.size and (indices.min() < 0 or indices.max() >= 2 ** 31)):
     raise ValueError("indices must be a 1-D array of integers in [0, 2**31)")
-  key = keys_lib.base_key(seed_base)
-  key = jax.random.fold_in(key, keys_lib.split_id(split))
-  key = jax.random.fold_in(key, keys_lib.bucket_id(bucket))
-  return _generate(tier, jax.random.key_data(key),
+  return _generate(tier, keys_lib.split_key_data(seed_base, split, bucket),
                    jnp.asarray(indices, jnp.int32), bucket=bucket,
                    renders=renders)
 

@@ -161,7 +161,7 @@ class UserOp:
         raise ValueError(f"{where}: op {op!r} is not allowed (straight-line "
                          f"base ops only: {sorted(_DECOMP_OPS)})")
       o = isa.OP_IDS[op]
-      nr, nl = int(isa.N_REGS[o]), int(isa.N_LITS[o])
+      nr, nl = int(isa.REG_ARGS[o]), int(isa.LIT_ARGS[o])
       if not isinstance(args, (tuple, list)) or len(args) != nr + nl or any(
           isinstance(a, bool) or not isinstance(a, (int, np.integer))
           for a in args):
@@ -200,7 +200,7 @@ class UserOp:
 
   @property
   def n_args(self) -> int:
-    return int(isa.N_REGS[self.slot])
+    return int(isa.REG_ARGS[self.slot])
 
   @property
   def writes(self) -> tuple[int, ...]:
@@ -227,9 +227,9 @@ class UserOp:
     lit = np.zeros(m, np.int32)
     for i, (o, args) in enumerate(self.decomposition):
       op[i] = isa.OP_IDS[o]
-      nr = int(isa.N_REGS[op[i]])
+      nr = int(isa.REG_ARGS[op[i]])
       regs[i, :nr] = args[:nr]
-      if isa.N_LITS[op[i]]:
+      if isa.LIT_ARGS[op[i]]:
         lit[i] = args[nr]
     return op, regs, lit
 
@@ -389,7 +389,7 @@ def _substitute_json(instructions, userop: UserOp) -> list[dict[str, Any]]:
       raise ProgramError(f"instruction {i} ({userop.op_name}): expected "
                          f"{userop.n_args} register operands, got {args!r}")
     for t, (o, dargs) in enumerate(userop.decomposition):
-      nr = int(isa.N_REGS[isa.OP_IDS[o]])
+      nr = int(isa.REG_ARGS[isa.OP_IDS[o]])
       out.append({"op": o,
                   "args": [args[a] for a in dargs[:nr]] + list(dargs[nr:]),
                   "label": ins.get("label") if t == 0 else None,
@@ -617,7 +617,7 @@ def _call_operands(skel: Program, word_key: jax.Array) -> jax.Array:
   first_write = jnp.min(jnp.where(writes[:, None] & (skel.regs[:, :1] == r),
                                   pos[:, None], 3 * p), axis=0)    # [8]
   used = live[:, None] & (jnp.arange(isa.MAX_REG_ARGS)
-                          < jnp.asarray(isa.N_REGS)[op][:, None])  # [P, 3]
+                          < jnp.asarray(isa.REG_ARGS)[op][:, None])  # [P, 3]
   appears = (used[..., None] & (skel.regs[..., None] == r)).any(1)  # [P, 8]
   first_seen = jnp.min(jnp.where(appears, pos[:, None], 3 * p), axis=0)
   words = keys_lib.random_words(word_key, jnp.arange(isa.NUM_REGS // 2),
@@ -970,7 +970,7 @@ def _structure(line, meta, userop: UserOp, parts) -> Iterator[Mismatch]:
     for form, prog, kw in (("with_symbol", ws, {"userop_writes": writes}),
                            ("base", part["base"], {})):
       try:
-        issues = validate_lib.check(prog, **kw)
+        issues = validate_lib.find_issues(prog, **kw)
       except (TypeError, ProgramError) as e:
         issues = [str(e)]
       if issues:

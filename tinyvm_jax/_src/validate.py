@@ -50,7 +50,7 @@ class Issue:
     return f"{where}: {self.reason}"
 
 
-def check(program: Any, *,
+def find_issues(program: Any, *,
           userop_writes: Mapping[Any, Sequence[int]] | None = None
           ) -> list[Issue]:
   """Lists every reason a program is not valid (empty when it is).
@@ -84,9 +84,9 @@ def validate(program: Any, *,
              userop_writes: Mapping[Any, Sequence[int]] | None = None) -> None:
   """Raises `ProgramError` naming the first faulty instruction and why.
 
-  Args and accepted forms as for `check`.
+  Args and accepted forms as for `find_issues`.
   """
-  issues = check(program, userop_writes=userop_writes)
+  issues = find_issues(program, userop_writes=userop_writes)
   if issues:
     more = len(issues) - 1
     suffix = f" (and {more} more issue{'s' * (more > 1)})" if more else ""
@@ -94,8 +94,8 @@ def validate(program: Any, *,
 
 
 def is_valid(program: Any, **kwargs) -> bool:
-  """Whether `check` finds nothing wrong."""
-  return not check(program, **kwargs)
+  """Whether `find_issues` finds nothing wrong."""
+  return not find_issues(program, **kwargs)
 
 
 # ------------------------------------------------------------ input forms
@@ -108,10 +108,10 @@ def _userop_writes(spec) -> dict[int, tuple[int, ...]]:
                          f"(USEROP_0..USEROP_4 or {isa.USEROP_0}..{isa.NUM_OPS - 1})")
     positions = tuple(int(p) for p in positions)
     for p in positions:
-      if not 0 <= p < isa.N_REGS[o]:
+      if not 0 <= p < isa.REG_ARGS[o]:
         raise ProgramError(
             f"userop_writes: {isa.OP_NAMES[o]} has operand positions "
-            f"0..{isa.N_REGS[o] - 1}, got {p}")
+            f"0..{isa.REG_ARGS[o] - 1}, got {p}")
     writes[int(o)] = positions
   return writes
 
@@ -121,7 +121,7 @@ def _as_program(program) -> tuple[Program | None, list[Issue]]:
   if isinstance(program, Program):
     ndim = np.ndim(program.op)
     if ndim != 1:
-      raise ProgramError(f"check takes one unbatched program ([P] arrays); "
+      raise ProgramError(f"find_issues takes one unbatched program ([P] arrays); "
                          f"got op of shape {np.shape(program.op)}")
     return program, []
   label_index = None
@@ -179,11 +179,11 @@ def _check_arrays(prog: Program, userop_writes) -> list[Issue]:
       structural.append(Issue(i, f"opcode {o} outside 0..{isa.NUM_OPS - 1}"))
       continue
     name = isa.OP_NAMES[o]
-    for j in range(isa.N_REGS[o]):
+    for j in range(isa.REG_ARGS[o]):
       if not 0 <= regs[i, j] < isa.NUM_REGS:
         issues.append(Issue(i, f"{name}: register operand {j} is {regs[i, j]}, "
                                f"outside 0..{isa.NUM_REGS - 1}"))
-    if isa.N_LITS[o] and not isa.LITERAL_MIN <= lit[i] <= isa.LITERAL_MAX:
+    if isa.LIT_ARGS[o] and not isa.LITERAL_MIN <= lit[i] <= isa.LITERAL_MAX:
       issues.append(Issue(i, f"{name}: literal {lit[i]} outside "
                              f"[{isa.LITERAL_MIN}, {isa.LITERAL_MAX}]"))
     tl = int(target_label[i])

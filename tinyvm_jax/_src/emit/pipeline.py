@@ -299,7 +299,7 @@ def rows_axes(plan: Plan, sp: SplitPlan, start: int, stop: int
   if sp.axes is not None:
     return np.broadcast_to(np.asarray(sp.axes, np.int64),
                            (n, plan.tier.num_axes))
-  kd = jnp.asarray(split_key_data(plan.seed_base, sp.split, sp.bucket))
+  kd = jnp.asarray(keys_lib.split_key_data(plan.seed_base, sp.split, sp.bucket))
   out = []
   for lo in range(start, stop, _AXES_BLOCK):
     idx = np.arange(lo, lo + _AXES_BLOCK, dtype=np.int32)
@@ -487,22 +487,13 @@ def generate_rows(plan: Plan, sp: SplitPlan, start: int, count: int
   """Host rows `start:start + count` of split `sp`, at its own sizes (the
   rows an emit of `plan` writes there)."""
   rows = _rows_batch(
-      plan.tier, split_key_data(plan.seed_base, sp.split, sp.bucket),
+      plan.tier, keys_lib.split_key_data(plan.seed_base, sp.split, sp.bucket),
       np.arange(start, start + count, dtype=np.int32), np.int32(count),
       np.asarray(sp.axes if sp.axes is not None else
                  (0,) * plan.tier.num_axes, np.int32),
       np.asarray(sp.axes is None), shapes=sp.shapes,
       renders=plan.renders, vmap_rows=plan.vmap_rows)
   return trim(jax.device_get(rows), sp.shapes, count)
-
-
-def split_key_data(seed_base: int, split: str, bucket: str | None
-                   ) -> np.ndarray:
-  """[2] uint32 key data of a split's key (as `tiers.generate` derives it)."""
-  key = keys_lib.base_key(seed_base)
-  key = jax.random.fold_in(key, keys_lib.split_id(split))
-  key = jax.random.fold_in(key, keys_lib.bucket_id(bucket))
-  return np.asarray(jax.random.key_data(key))
 
 
 def token_lengths(name: str, shapes: tiers.Shapes) -> tuple[int, int]:
@@ -557,10 +548,7 @@ def probe_steps(plan: Plan, rows: Rows) -> np.ndarray | None:
   `tiers.render_row` chooses it); None without that render."""
   if "probe_query" not in plan.renders:
     return None
-  kd = np.asarray(rows.key_data).astype(np.uint64)
-  seed = (kd[:, 0] << np.uint64(32)) | kd[:, 1]
-  steps = np.maximum(np.asarray(rows.trace.num_steps), 1).astype(np.uint64)
-  return (seed % steps).astype(np.int32)
+  return keys_lib.probe_steps(rows.key_data, rows.trace.num_steps)
 
 
 def _fsync_file(path: Path) -> None:
@@ -1394,7 +1382,7 @@ def _generate_all(plan: Plan, work: Path, todo: Sequence[tuple[SplitPlan,
   generated = 0
   try:
     for sp, part in todo:
-      key_data = put(split_key_data(plan.seed_base, sp.split, sp.bucket))
+      key_data = put(keys_lib.split_key_data(plan.seed_base, sp.split, sp.bucket))
       fixed = put(np.asarray(sp.axes if sp.axes is not None else
                              (0,) * plan.tier.num_axes, np.int32))
       sample = put(np.asarray(sp.axes is None))

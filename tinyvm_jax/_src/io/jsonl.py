@@ -30,6 +30,7 @@ import numpy as np
 
 from tinyvm_jax._src import interpreter
 from tinyvm_jax._src import isa
+from tinyvm_jax._src import keys as keys_lib
 from tinyvm_jax._src import program as program_lib
 from tinyvm_jax._src import text as text_lib
 from tinyvm_jax._src.types import Program, Render, Rows, Tokens, Trace
@@ -131,7 +132,7 @@ def _tables():
       ['{"op":"%s","args":[' % o for o in isa.OP_NAMES],
       [',{"op":"%s","args":[' % o for o in isa.OP_NAMES])
   combos = [(c >> 6, (c >> 3) & 7, c & 7) for c in range(512)]
-  arg_text = lambda o, c: ",".join(map(str, c[:isa.N_REGS[o]]))
+  arg_text = lambda o, c: ",".join(map(str, c[:isa.REG_ARGS[o]]))
   t["args"] = st.family([arg_text(o, c) for o in range(isa.NUM_OPS)
                          for c in combos])                     # [21 * 512]
   lits = range(-_MAX_INDEX, _MAX_INDEX + 1)
@@ -217,13 +218,6 @@ class _Table:
     return self.data.take(flat).tobytes().translate(None, b"\0")
 
 
-def seeds(key_data: np.ndarray) -> np.ndarray:
-  """[B] uint64 `meta.seed` of row keys [B, 2] (hi << 32 | lo; int32 key
-  data is read as its uint32 bits)."""
-  kd = np.asarray(key_data).astype(np.uint32).astype(np.uint64)
-  return (kd[:, 0] << np.uint64(32)) | kd[:, 1]
-
-
 def _matrix(mat: np.ndarray) -> np.ndarray:
   """uint8 [B, W] NUL-padded per-row bytes as uint64 chunks [B, C]."""
   b, w = mat.shape
@@ -294,7 +288,7 @@ def _program_ids(t, p: Program) -> np.ndarray:
   """Chunk ids [B, X] of the instructions of `"program":[...]`."""
   b, n = p.op.shape
   valid = np.arange(n) < p.length[:, None]                     # [B, P]
-  n_regs = isa.N_REGS.take(p.op)                               # [B, P]
+  n_regs = isa.REG_ARGS.take(p.op)                               # [B, P]
   regs = np.where(np.arange(3) < n_regs[..., None], p.regs, 0)
   combo = regs[..., 0] * 64 + regs[..., 1] * 8 + regs[..., 2]  # [B, P]
   is_load = p.op == isa.LOAD
@@ -311,7 +305,7 @@ def _program_ids(t, p: Program) -> np.ndarray:
     n_ops = isa.NUM_OPS
     head = t["instr_head"].take(p.op + _later(n, n_ops), axis=0)
     args = t["args"].take(p.op * 512 + combo)
-    lit = np.where(isa.N_LITS.take(p.op) > 0,
+    lit = np.where(isa.LIT_ARGS.take(p.op) > 0,
                    t["lit"].take(p.lit + _MAX_INDEX), _EMPTY)
     label = t["label"].take(np.where(p.label >= 0, p.label, _NO_LABEL),
                             axis=0)
@@ -528,7 +522,7 @@ def take_rows(rows: Rows, sel: slice | np.ndarray) -> Rows:
   length = p.length[sel]
   valid = np.arange(n) < length[:, None]                        # [B, P]
   op = _in_range("opcode", p.op[sel, :n], valid, 0, isa.NUM_OPS - 1, lo)
-  used = (np.arange(3) < isa.N_REGS[op][..., None]) & valid[..., None]
+  used = (np.arange(3) < isa.REG_ARGS[op][..., None]) & valid[..., None]
   prog = Program(
       op=op, length=length,
       regs=_in_range("register operand", p.regs[sel, :n], used, 0, 7, lo),
@@ -730,7 +724,7 @@ class _Layout:
     t, c = table.t, table.const
     b = rows.key_data.shape[0]
     full = lambda s: np.broadcast_to(c[s], (b, c[s].shape[-1]))
-    parts = [full(self.head), _ints(table, seeds(rows.key_data)),
+    parts = [full(self.head), _ints(table, keys_lib.seeds_from_key_data(rows.key_data)),
              full(',"axes":{')]
     for j, name in enumerate(self.axis_names):
       parts.append(full(self.axis_keys[j]))

@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from tinyvm_jax._src import isa
+from tinyvm_jax._src import keys as keys_lib
 from tinyvm_jax._src.io import jsonl
 from tinyvm_jax._src.types import Program, Rows, Tokens, Trace
 
@@ -90,11 +91,11 @@ def _program_column(p: Program):
   pa = _pa()
   valid = np.arange(p.op.shape[1]) < p.length[:, None]          # [B, P]
   op = p.op[valid]                                              # [N]
-  n_regs = isa.N_REGS[op]
-  n_args = n_regs + isa.N_LITS[op]
+  n_regs = isa.REG_ARGS[op]
+  n_args = n_regs + isa.LIT_ARGS[op]
   args = np.concatenate([p.regs[valid], np.zeros((op.size, 1), np.int32)],
                         axis=1)                                 # [N, 4]
-  has_lit = isa.N_LITS[op] > 0
+  has_lit = isa.LIT_ARGS[op] > 0
   args[np.nonzero(has_lit)[0], n_regs[has_lit]] = p.lit[valid][has_lit]
   args = args[np.arange(4) < n_args[:, None]]
   names = pa.array(list(isa.OP_NAMES))
@@ -167,7 +168,7 @@ def rows_to_table(rows: Rows, *, tier: str, split: str, bucket: str | None,
   b = rows.key_data.shape[0]
   if b:
     rows = jsonl.take_rows(rows, slice(0, b))
-  seed = jsonl.seeds(rows.key_data)
+  seed = keys_lib.seeds_from_key_data(rows.key_data)
   want = schema(axis_names=axis_names, render_names=render_names,
                 probe=probe_step is not None)
   if axis_names:

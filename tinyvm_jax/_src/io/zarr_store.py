@@ -35,6 +35,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from tinyvm_jax._src import isa
+from tinyvm_jax._src import keys as keys_lib
 from tinyvm_jax._src.types import Program, Render, Rows, Tokens, Trace
 
 STORE_NAME = "rows.zarr"
@@ -143,8 +144,7 @@ def rows_to_arrays(rows: Rows) -> dict[str, np.ndarray]:
     StoreError: when a value does not fit its storage type (a row that no
       valid program produces).
   """
-  kd = np.asarray(rows.key_data).astype(np.uint64)
-  out = {"seed": (kd[:, 0] << np.uint64(32)) | kd[:, 1],
+  out = {"seed": keys_lib.seeds_from_key_data(rows.key_data),
          "axes": np.asarray(rows.axes)}
   for prefix, tree in (("program", rows.program), ("trace", rows.trace)):
     for f in tree.__dataclass_fields__:
