@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import golden, load_rows, row_files
+from tinyvm_jax._src import interpreter
 from tinyvm_jax._src import isa
 from tinyvm_jax._src import program as P
 from tinyvm_jax._src.interpreter import (VMError, execute, raise_for_error,
@@ -142,3 +143,19 @@ def test_execute_refuses_malformed_program():
 def test_max_steps_must_be_positive():
   with pytest.raises(ValueError, match="max_steps must be >= 1"):
     _run_one([_ins("HALT")], max_steps=0)
+
+
+def test_run_takes_the_numpy_program_from_json():
+  prog = P.from_json([_ins("LOAD", 0, 5), _ins("PRINT", 0)])
+  for runner in (interpreter.run, interpreter.run_straight_line):
+    trace = runner(prog, max_steps=8)        # numpy leaves, no jnp.asarray
+    assert interpreter.trace_to_json(trace)["output"] == [5]
+
+
+def test_run_refuses_batched_programs_and_other_types():
+  prog = P.from_json([_ins("LOAD", 0, 5), _ins("PRINT", 0)])
+  batched = jax.tree_util.tree_map(lambda x: x[None], prog)
+  with pytest.raises(ValueError, match="vmap for batches"):
+    interpreter.run(batched, max_steps=8)
+  with pytest.raises(TypeError, match="expected a Program"):
+    interpreter.run([_ins("HALT")], max_steps=8)

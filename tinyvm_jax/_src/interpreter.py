@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tinyvm_jax._src import checks
 from tinyvm_jax._src import isa
 from tinyvm_jax._src import program as program_lib
 from tinyvm_jax._src.types import Program, Trace
@@ -136,6 +137,20 @@ def _step(program: Program, s: _State):
   return new, record
 
 
+
+def _as_program(program: Program, max_steps: int) -> Program:
+  """`program` as jax arrays (numpy pytrees from `from_json` work too),
+  checked unbatched; `max_steps` checked static and positive."""
+  if not checks.is_int(max_steps) or max_steps < 1:
+    raise ValueError(f"max_steps must be >= 1 (a static int), got {max_steps!r}")
+  if not isinstance(program, Program):
+    raise TypeError(f"expected a Program, got {type(program).__name__}")
+  program = jax.tree_util.tree_map(jnp.asarray, program)
+  if program.op.ndim != 1:
+    raise ValueError(f"expected one unbatched program ([P] arrays), got op "
+                     f"of shape {program.op.shape}; vmap for batches")
+  return program
+
 def run(program: Program, *, max_steps: int) -> Trace:
   """Runs one program for at most `max_steps` steps.
 
@@ -149,8 +164,7 @@ def run(program: Program, *, max_steps: int) -> Trace:
     jump to an undefined label, a bad register index or opcode end the run
     with the matching error code, the faulting step not recorded.
   """
-  if max_steps < 1:
-    raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+  program = _as_program(program, max_steps)
   init = _State(
       pc=jnp.zeros((), jnp.int32), regs=jnp.zeros(isa.NUM_REGS, jnp.int32),
       stack=jnp.zeros(isa.STACK_SIZE, jnp.int32),
@@ -243,8 +257,7 @@ def run_straight_line(program: Program, *, max_steps: int) -> Trace:
   Returns:
     The `Trace` ([S] arrays).
   """
-  if max_steps < 1:
-    raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+  program = _as_program(program, max_steps)
   p = program.op.shape[-1]
   n = min(p, max_steps)                      # instructions that can run
 
