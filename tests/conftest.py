@@ -1,13 +1,27 @@
 """Shared fixtures: the reference rows copied into tests/data."""
 
+import atexit
 import gzip
 import json
+import os
 import pathlib
+import shutil
+import tempfile
 import time
 
 import pytest
 
 DATA = pathlib.Path(__file__).parent / "data"
+
+# Caches the code under test (and the processes it starts) would write into
+# the user's home go to a temporary folder for the session instead: JAX's
+# compilation cache of the CLIs (under XDG_CACHE_HOME) and Hugging Face
+# `datasets`' cache. Set before `datasets` is imported anywhere.
+_CACHES = tempfile.mkdtemp(prefix="tinyvm_jax_tests_")
+atexit.register(shutil.rmtree, _CACHES, ignore_errors=True)
+os.environ["XDG_CACHE_HOME"] = os.path.join(_CACHES, "xdg")
+os.environ["HF_HOME"] = os.path.join(_CACHES, "hf")
+os.environ["HF_DATASETS_CACHE"] = os.path.join(_CACHES, "hf", "datasets")
 
 
 def load_rows(name):
