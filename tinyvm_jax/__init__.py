@@ -2,11 +2,32 @@
 
 Programs, traces and renders are pytrees of fixed-shape arrays; every
 per-example function here is pure and can be jitted and vmapped.
+
+Reading emitted datasets and predictions files back: `tinyvm_jax.data`.
+Command lines: `python -m tinyvm_jax.emit` (write a dataset), `verify`
+(check one), `launch` (several emit processes).
 """
 
-from tinyvm_jax._src.branched import gen_branched
-from tinyvm_jax._src.generators import gen_counter
-from tinyvm_jax._src.generators import gen_register_trace
+# Programs, traces and rows: pytrees of fixed-shape arrays
+from tinyvm_jax._src.types import Program
+from tinyvm_jax._src.types import Render
+from tinyvm_jax._src.types import Rows
+from tinyvm_jax._src.types import Tokens
+from tinyvm_jax._src.types import Trace
+
+# The instruction set and programs
+from tinyvm_jax._src.isa import TOKENS
+from tinyvm_jax._src.isa import VOCAB_SIZE
+from tinyvm_jax._src.program import decode
+from tinyvm_jax._src.program import encode
+from tinyvm_jax._src.program import from_json
+from tinyvm_jax._src.program import ProgramError
+from tinyvm_jax._src.program import to_json
+from tinyvm_jax._src.validate import find_issues
+from tinyvm_jax._src.validate import Issue
+from tinyvm_jax._src.validate import validate
+
+# The interpreter (errors are values; exceptions at the host)
 from tinyvm_jax._src.interpreter import execute
 from tinyvm_jax._src.interpreter import raise_for_error
 from tinyvm_jax._src.interpreter import run
@@ -14,16 +35,8 @@ from tinyvm_jax._src.interpreter import run_straight_line
 from tinyvm_jax._src.interpreter import trace_from_json
 from tinyvm_jax._src.interpreter import trace_to_json
 from tinyvm_jax._src.interpreter import VMError
-from tinyvm_jax._src.isa import TOKENS
-from tinyvm_jax._src.isa import VOCAB_SIZE
-from tinyvm_jax._src.keys import key_to_seed
-from tinyvm_jax._src.keys import row_key
-from tinyvm_jax._src.keys import seed_to_key
-from tinyvm_jax._src.program import decode
-from tinyvm_jax._src.program import encode
-from tinyvm_jax._src.program import from_json
-from tinyvm_jax._src.program import ProgramError
-from tinyvm_jax._src.program import to_json
+
+# Tokens and renders
 from tinyvm_jax._src.render import encode_program
 from tinyvm_jax._src.render import max_render_lengths
 from tinyvm_jax._src.render import render
@@ -31,10 +44,33 @@ from tinyvm_jax._src.render import render_cot
 from tinyvm_jax._src.render import render_direct
 from tinyvm_jax._src.render import render_probe_query
 from tinyvm_jax._src.render import RENDER_NAMES
-from tinyvm_jax._src.sampling import Batch
-from tinyvm_jax._src.sampling import sample_batch
+from tinyvm_jax._src.text import detokenize
+from tinyvm_jax._src.text import detokenize_batch
 from tinyvm_jax._src.score import score
 from tinyvm_jax._src.score import score_output
+
+# Generators, tiers and row keys
+from tinyvm_jax._src.generators import gen_counter
+from tinyvm_jax._src.generators import gen_register_trace
+from tinyvm_jax._src.branched import gen_branched
+from tinyvm_jax._src.tiers import build
+from tinyvm_jax._src.tiers import generate
+from tinyvm_jax._src.tiers import get_tier
+from tinyvm_jax._src.tiers import Tier
+from tinyvm_jax._src.tiers import TIERS
+from tinyvm_jax._src.keys import key_to_seed
+from tinyvm_jax._src.keys import row_key
+from tinyvm_jax._src.keys import seed_to_key
+from tinyvm_jax._src.sampling import Batch
+from tinyvm_jax._src.sampling import sample_batch
+
+# Tier 4: user-defined opcodes
+from tinyvm_jax._src.userop import DEFAULT_USEROPS
+from tinyvm_jax._src.userop import generate_userop_rows
+from tinyvm_jax._src.userop import substitute
+from tinyvm_jax._src.userop import UserOp
+
+# Differentiable execution
 from tinyvm_jax._src.soft import harden
 from tinyvm_jax._src.soft import program_from_soft
 from tinyvm_jax._src.soft import soft_from_logits
@@ -42,84 +78,72 @@ from tinyvm_jax._src.soft import soft_from_program
 from tinyvm_jax._src.soft import soft_run
 from tinyvm_jax._src.soft import SoftProgram
 from tinyvm_jax._src.soft import SoftTrace
-from tinyvm_jax._src.text import detokenize
-from tinyvm_jax._src.text import detokenize_batch
-from tinyvm_jax._src.tiers import build
-from tinyvm_jax._src.tiers import generate
-from tinyvm_jax._src.tiers import get_tier
-from tinyvm_jax._src.tiers import Tier
-from tinyvm_jax._src.tiers import TIERS
-from tinyvm_jax._src.types import Program
-from tinyvm_jax._src.types import Render
-from tinyvm_jax._src.types import Rows
-from tinyvm_jax._src.types import Tokens
-from tinyvm_jax._src.types import Trace
-from tinyvm_jax._src.userop import DEFAULT_USEROPS
-from tinyvm_jax._src.userop import generate_userop_rows
-from tinyvm_jax._src.userop import substitute
-from tinyvm_jax._src.userop import UserOp
-from tinyvm_jax._src.validate import find_issues
-from tinyvm_jax._src.validate import Issue
-from tinyvm_jax._src.validate import validate
 
 __version__ = "0.1.0"
 
 __all__ = (
-    "Batch",
-    "DEFAULT_USEROPS",
-    "Issue",
+    # Programs, traces and rows: pytrees of fixed-shape arrays
     "Program",
-    "ProgramError",
-    "RENDER_NAMES",
     "Render",
     "Rows",
-    "SoftProgram",
-    "SoftTrace",
-    "TIERS",
-    "TOKENS",
-    "Tier",
     "Tokens",
     "Trace",
-    "UserOp",
-    "VMError",
+    # The instruction set and programs
+    "TOKENS",
     "VOCAB_SIZE",
-    "build",
-    "find_issues",
     "decode",
-    "detokenize",
-    "detokenize_batch",
     "encode",
-    "encode_program",
-    "execute",
     "from_json",
-    "gen_branched",
-    "gen_counter",
-    "gen_register_trace",
-    "generate",
-    "generate_userop_rows",
-    "get_tier",
-    "harden",
-    "key_to_seed",
-    "max_render_lengths",
-    "program_from_soft",
+    "ProgramError",
+    "to_json",
+    "find_issues",
+    "Issue",
+    "validate",
+    # The interpreter (errors are values; exceptions at the host)
+    "execute",
     "raise_for_error",
+    "run",
+    "run_straight_line",
+    "trace_from_json",
+    "trace_to_json",
+    "VMError",
+    # Tokens and renders
+    "encode_program",
+    "max_render_lengths",
     "render",
     "render_cot",
     "render_direct",
     "render_probe_query",
-    "row_key",
-    "run",
-    "run_straight_line",
-    "sample_batch",
+    "RENDER_NAMES",
+    "detokenize",
+    "detokenize_batch",
     "score",
     "score_output",
+    # Generators, tiers and row keys
+    "gen_counter",
+    "gen_register_trace",
+    "gen_branched",
+    "build",
+    "generate",
+    "get_tier",
+    "Tier",
+    "TIERS",
+    "key_to_seed",
+    "row_key",
     "seed_to_key",
+    "Batch",
+    "sample_batch",
+    # Tier 4: user-defined opcodes
+    "DEFAULT_USEROPS",
+    "generate_userop_rows",
+    "substitute",
+    "UserOp",
+    # Differentiable execution
+    "harden",
+    "program_from_soft",
     "soft_from_logits",
     "soft_from_program",
     "soft_run",
-    "substitute",
-    "to_json",
-    "trace_from_json",
-    "trace_to_json",
-    "validate",
+    "SoftProgram",
+    "SoftTrace",
 )
