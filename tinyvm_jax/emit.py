@@ -5,7 +5,8 @@ r"""Emits a Tiny-VM dataset: `python -m tinyvm_jax.emit`.
       [--config.train_size=1000 --config.eval_size=100 ...] \
       [--num_processes=N --process_id=I --coordinator_address=HOST:PORT]
 
-Settings come from `configs/<tier>.py` (the reference's sizes), or the file
+Settings come from the package's `tinyvm_jax/configs/<tier>.py` (the
+reference's sizes; the repository's `configs/` links to them), or the file
 given by `--config`; any field can be overridden with `--config.<field>=`.
 Writes `DIR/<tier>/` (train.jsonl, eval/<bucket>.jsonl; rows.zarr;
 data/*.parquet with README.md) and `manifest.json` last, replacing the
@@ -36,7 +37,7 @@ from tinyvm_jax._src.emit import pipeline
 
 _TIERS = ("tier0", "tier1", "tier2")
 _DEVICES = ("cpu", "gpu", "tpu")
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"   # shipped in the package
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("tier", None, f"Tier to emit: one of {', '.join(_TIERS)}.")
@@ -128,7 +129,7 @@ def _parse_flags(argv):
   except (KeyError, AttributeError) as e:  # an override of no field
     field = str(e.args[0] if e.args else e).strip("'\"")
     _fail(f"--config.{field}: no such field in the config "
-          f"(configs/{tier}.py)")
+          f"(tinyvm_jax/configs/{tier}.py)")
   except Exception as e:  # a config file that does not load
     msg = str(e).splitlines()[0] if str(e) else ""
     _fail(f"cannot load the config: {type(e).__name__}: {msg}")
@@ -268,8 +269,8 @@ def _settings():
   """(plan kwargs, config dict) from the loaded config and flags."""
   cfg = FLAGS.config
   if cfg is None:
-    raise UserError(f"no config: configs/{FLAGS.tier}.py not found next to "
-                    f"the package ({CONFIG_DIR}); pass --config=PATH")
+    raise UserError(f"no config: {FLAGS.tier}.py not found in the package "
+                    f"({CONFIG_DIR}); pass --config=PATH")
   d = cfg.to_dict()
   known = {"tier", "train_size", "eval_size", "renders", "batch_size",
            "vmap_rows", "part_rows", "chunk_rows", "zarr_codec"}
