@@ -315,11 +315,13 @@ def test_cli_missing_accelerator_is_one_line(tmp_path, device):
     pytest.skip(f"this machine has a {device}")
   except RuntimeError:
     pass
-  r = _cli("--tier=tier0", f"--out={tmp_path}", f"--device={device}",
+  r = _cli("--tier=tier0", f"--out={tmp_path / 'out'}", f"--device={device}",
            timeout=120)
   assert r.returncode != 0
   lines = r.stderr.strip().splitlines()
   assert len(lines) == 1 and f"no {device.upper()} is available" in lines[0]
+  assert ("tinyvm_jax[cuda12]" if device == "gpu" else "jax[tpu]") in lines[0]
+  assert not (tmp_path / "out").exists()      # nothing written
 
 
 # ------------------------------------------------------------ settings

@@ -152,9 +152,11 @@ def _select_devices(name: str | None, count: int) -> list:
     devices = jax.local_devices(backend=name)
   except RuntimeError:
     present = sorted({d.platform for d in jax.devices()})
+    hint = {"gpu": "; for NVIDIA GPUs: pip install 'tinyvm_jax[cuda12]'",
+            "tpu": "; for TPUs: pip install 'jax[tpu]' (see BUILD.md)"}
     raise UserError(f"--device={name}: no {name.upper()} is available to JAX "
                     f"on this machine (present: {', '.join(present)})"
-                    ) from None
+                    f"{hint.get(name, '')}") from None
   if count > len(devices):
     raise UserError(f"--num_devices={count}: this process has only "
                     f"{len(devices)} {devices[0].platform} device(s)")
@@ -317,7 +319,6 @@ def main(argv) -> int:
     if FLAGS.out is None:
       raise UserError("--out is required")
     kwargs, config, max_classes = _settings()
-    out = _check_out(FLAGS.out)
   except (UserError, pipeline.EmitError) as e:
     _fail(str(e))
   _split_cpu()
@@ -329,6 +330,7 @@ def main(argv) -> int:
     _fail(str(e), 1)
   try:
     devices = _select_devices(FLAGS.device, FLAGS.num_devices)
+    out = _check_out(FLAGS.out)    # only once the devices are there
     plan = pipeline.make_plan(**_auto_sizes(kwargs, devices[0].platform))
     if ("parquet" in plan.formats
         and importlib.util.find_spec("pyarrow") is None):
