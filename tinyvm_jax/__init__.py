@@ -4,6 +4,8 @@ Programs, traces and renders are pytrees of fixed-shape arrays; every
 per-example function here is pure and can be jitted and vmapped.
 """
 
+from tinyvm_jax._src.asm import parse_asm
+from tinyvm_jax._src.asm import to_asm
 from tinyvm_jax._src.branched import gen_branched
 from tinyvm_jax._src.generators import gen_counter
 from tinyvm_jax._src.generators import gen_register_trace
@@ -99,6 +101,7 @@ __all__ = (
     "generate_userop_rows",
     "get_tier",
     "harden",
+    "parse_asm",
     "key_to_seed",
     "max_render_lengths",
     "program_from_soft",
@@ -118,6 +121,7 @@ __all__ = (
     "soft_from_program",
     "soft_run",
     "substitute",
+    "to_asm",
     "to_json",
     "trace_from_json",
     "trace_to_json",
