@@ -37,6 +37,7 @@ from tinyvm_jax._src.types import Rows
 FORMATS = ("zarr", "jsonl", "parquet")
 SHOWN_OUTPUTS = 4         # printed values a summary keeps per row
 _BATCH = 16384            # rows a summary batch reads
+_BLOCK_BYTES = 16 << 20   # bytes a JSONL index scan reads at a time
 _FRAMES = "stack_frames"
 
 
@@ -126,7 +127,7 @@ class _Source:
     self.group, self.num_rows = group, num_rows
     self.axis_names = tuple(axis_names)
     self._summary: Summary | None = None
-    self._lock = threading.Lock()
+    self._lock = threading.RLock()   # summary() may call _index()
 
   def check_index(self, i: int) -> int:
     if not 0 <= i < self.num_rows:
@@ -139,6 +140,11 @@ class _Source:
       if self._summary is None:
         self._summary = self._build_summary()
       return self._summary
+
+  def brief(self, start: int, stop: int) -> Summary:
+    """The summary of rows start:stop (a slice of `summary()` unless the
+    format reads a range faster)."""
+    return Summary(*[col[start:stop] for col in self.summary()])
 
   def row(self, i: int) -> dict[str, Any]:
     raise NotImplementedError
@@ -167,18 +173,31 @@ class ZarrSource(_Source):
                          bucket=self._bucket, axis_names=self.axis_names,
                          render_names=self._renders)[0]
 
+  _NAMES = ("seed", "axes", "trace/output", "trace/num_output",
+            "trace/error")
+
+  @staticmethod
+  def _summary_of(b: dict) -> Summary:
+    out = np.zeros((len(b["seed"]), SHOWN_OUTPUTS), np.int32)
+    width = min(SHOWN_OUTPUTS, b["trace/output"].shape[1])
+    out[:, :width] = b["trace/output"][:, :width]
+    return Summary(b["seed"].astype(np.uint64), b["axes"].astype(np.int32),
+                   out, b["trace/num_output"].astype(np.int32),
+                   b["trace/error"].astype(np.int32))
+
+  def brief(self, start: int, stop: int) -> Summary:
+    """Rows start:stop read directly (an unfiltered page needs no
+    summary of the whole group)."""
+    if self._summary is not None:
+      return super().brief(start, stop)
+    stop = min(max(start, stop), self.num_rows)
+    start = min(start, stop)
+    return self._summary_of(self._store.read(self.group, start, stop,
+                                             names=self._NAMES))
+
   def _build_summary(self) -> Summary:
-    names = ["seed", "axes", "trace/output", "trace/num_output",
-             "trace/error"]
-    parts = []
-    for _, b in self._store.iter_batches(self.group, _BATCH, names=names):
-      out = np.zeros((len(b["seed"]), SHOWN_OUTPUTS), np.int32)
-      width = min(SHOWN_OUTPUTS, b["trace/output"].shape[1])
-      out[:, :width] = b["trace/output"][:, :width]
-      parts.append(Summary(b["seed"].astype(np.uint64),
-                           b["axes"].astype(np.int32), out,
-                           b["trace/num_output"].astype(np.int32),
-                           b["trace/error"].astype(np.int32)))
+    parts = [self._summary_of(b) for _, b in self._store.iter_batches(
+        self.group, _BATCH, names=self._NAMES)]
     return _concat(parts, len(self.axis_names))
 
 
@@ -202,28 +221,36 @@ class JsonlSource(_Source):
     """[N + 1] int64 start offsets of the non-blank lines (and the end)."""
     with self._lock:
       if self._offsets is None:
-        self._offsets, self._summary = self._scan()
+        self._offsets = self._scan_offsets()
         self.num_rows = len(self._offsets) - 1
       return self._offsets
 
-  def _scan(self) -> tuple[np.ndarray, Summary]:
-    starts, parts, pending, base = [], [], [], 0
+  def _scan_offsets(self) -> np.ndarray:
+    """Streams the file once in blocks, finding its newlines (numpy)."""
+    ends, base = [], 0
     with open(self.path, "rb") as f:
-      if f.read(2) == b"\x1f\x8b":
+      head = f.read(2)
+      if head == b"\x1f\x8b":
         raise DatasetError(f"{self.path}: gzip JSONL has no random access; "
                            "decompress it (gunzip) to view it")
       f.seek(0)
-      for line in f:
-        if line.strip():
-          starts.append(base)
-          pending.append(self._line_summary(line, len(starts)))
-          if len(pending) == _BATCH:
-            parts.append(_summary_from_rows(pending, self.axis_names))
-            pending = []
-        base += len(line)
-    parts.append(_summary_from_rows(pending, self.axis_names))
-    return (np.array(starts + [base], np.int64),
-            _concat(parts, len(self.axis_names)))
+      while block := f.read(_BLOCK_BYTES):
+        nl = np.flatnonzero(np.frombuffer(block, np.uint8) == 10)
+        ends.append(nl.astype(np.int64) + base + 1)
+        base += len(block)
+        last = block
+    ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
+    if base and not last.endswith(b"\n"):
+      ends = np.append(ends, base)          # a last line without newline
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    keep = (ends - starts) > 2                # drop blank lines
+    short = np.flatnonzero(~keep)
+    if short.size:
+      with open(self.path, "rb") as f:
+        for j in short:
+          f.seek(int(starts[j]))
+          keep[j] = bool(f.read(int(ends[j] - starts[j])).strip())
+    return np.append(starts[keep], ends[keep][-1] if keep.any() else 0)
 
   def _line_summary(self, line: bytes, number: int) -> dict:
     """The summary fields of one line, found without parsing the row."""
@@ -239,9 +266,21 @@ class JsonlSource(_Source):
       raise DatasetError(f"{self.path}:{number}: malformed row ({e})"
                          ) from None
 
-  def summary(self) -> Summary:
+  def _build_summary(self) -> Summary:
+    """The summary from one more pass over the lines (regular
+    expressions, no JSON parse of whole rows)."""
     self._index()
-    return self._summary
+    parts, pending = [], []
+    with open(self.path, "rb") as f:
+      for number, line in enumerate(f, start=1):
+        if not line.strip():
+          continue
+        pending.append(self._line_summary(line, number))
+        if len(pending) == _BATCH:
+          parts.append(_summary_from_rows(pending, self.axis_names))
+          pending = []
+    parts.append(_summary_from_rows(pending, self.axis_names))
+    return _concat(parts, len(self.axis_names))
 
   def row(self, i: int) -> dict[str, Any]:
     offsets = self._index()
@@ -267,7 +306,7 @@ def _record(rec: dict) -> dict:
 class ParquetSource(_Source):
   """The Parquet files of one split (`data/<split>-*.parquet`)."""
   fmt = "parquet"
-  _CACHED_GROUPS = 4
+  _CACHED_GROUPS = 2
 
   def __init__(self, files: list[Path], group: str, axis_names):
     import pyarrow.parquet as pq   # the 'parquet' extra; imported on use

@@ -98,6 +98,8 @@ class StepView {
     this.el = this.build();
     keyHandler = this;
     this.set(this.opts.step !== undefined ? this.opts.step : 0, false);
+    /* once on the page, scroll the listing to the marked line */
+    requestAnimationFrame(() => this.set(this.pos, false));
   }
 
   build() {
@@ -427,8 +429,8 @@ async function pagePlay(q) {
     for (const d of diags) if (sev[d.line] !== "error") sev[d.line] = d.severity;
     hl.replaceChildren(...lines.map((line, i) => {
       const s = sev[i + 1];
-      return h("span", {class: s === "error" ? "lerr" : s === "warning" ? "lwarn" : null},
-        highlight(line), "\n");
+      return h("span", {class: "line" + (s === "error" ? " lerr" : s === "warning" ? " lwarn" : "")},
+        highlight(line));
     }));
     gutter.replaceChildren(...lines.map((_, i) => h("div", {class: sev[i + 1] || null,
       "data-line": i + 1, title: diags.filter((d) => d.line === i + 1).map((d) => d.message).join("\n")}, i + 1)));
