@@ -59,3 +59,26 @@ def wait_for_a_recorded_part(progress: pathlib.Path, proc, timeout: float
       pass
     time.sleep(0.02)
   return False
+
+
+@pytest.fixture(scope="session")
+def view_root(tmp_path_factory):
+  """An emit root holding a tiny Tier 1 (zarr, JSONL, Parquet) and Tier 2
+  (zarr, JSONL) dataset, for the viewer's tests (two emits in parallel)."""
+  import os
+  import subprocess
+  import sys
+  root = tmp_path_factory.mktemp("view_data")
+  env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1]))
+  cmd = [sys.executable, "-m", "tinyvm_jax.emit", f"--out={root}",
+         "--compile_cache=", "--cpu_devices=1"]
+  procs = [subprocess.Popen(cmd + args, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+           for args in (["--tier=tier1", "--config.train_size=200",
+                         "--config.eval_size=20"],
+                        ["--tier=tier2", "--formats=zarr,jsonl",
+                         "--config.train_size=16", "--config.eval_size=4"])]
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+  return root

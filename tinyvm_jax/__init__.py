@@ -16,6 +16,8 @@ from tinyvm_jax._src.types import Tokens
 from tinyvm_jax._src.types import Trace
 
 # The instruction set and programs
+from tinyvm_jax._src.asm import parse_asm
+from tinyvm_jax._src.asm import to_asm
 from tinyvm_jax._src.isa import TOKENS
 from tinyvm_jax._src.isa import VOCAB_SIZE
 from tinyvm_jax._src.program import decode
@@ -89,6 +91,8 @@ __all__ = (
     "Tokens",
     "Trace",
     # The instruction set and programs
+    "parse_asm",
+    "to_asm",
     "TOKENS",
     "VOCAB_SIZE",
     "decode",

@@ -1,0 +1,1 @@
+"""The viewer: `python -m tinyvm_jax.view` (datasets, traces, predictions)."""
