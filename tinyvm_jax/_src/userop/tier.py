@@ -147,11 +147,28 @@ def make_row(tier: UseropTier, key: jax.Array, *, bucket: str | None,
 
 
 @functools.partial(jax.jit, static_argnames=("tier", "bucket", "renders"))
-def _generate(tier, split_key_data, indices, *, bucket, renders):
+def _rows(tier, key_data, *, bucket, renders):
+  """[B] rows of [B, 2] row key data: the one kernel of `generate` and
+  `build`."""
+  return jax.vmap(lambda d: make_row(
+      tier, jax.random.wrap_key_data(d, impl=keys_lib.IMPL), bucket=bucket,
+      renders=renders))(key_data)
+
+
+@jax.jit
+def _row_key_data(split_key_data, indices):
   split_key = jax.random.wrap_key_data(split_key_data, impl=keys_lib.IMPL)
-  return jax.vmap(lambda i: make_row(
-      tier, jax.random.fold_in(split_key, i), bucket=bucket,
-      renders=renders))(indices)
+  return jax.vmap(lambda i: jax.random.key_data(
+      jax.random.fold_in(split_key, i)))(indices)
+
+
+def _host_rows(tier, key_data: np.ndarray, bucket, renders) -> UseropRow:
+  """`_rows` on the host, the batch padded to a multiple of 8 rows (few
+  compilations; rows do not depend on their batch)."""
+  b = key_data.shape[0]
+  padded = np.concatenate([key_data, np.repeat(key_data[-1:], -b % 8, 0)])
+  out = _rows(tier, jnp.asarray(padded), bucket=bucket, renders=renders)
+  return jax.tree_util.tree_map(lambda x: np.asarray(x)[:b], out)
 
 
 def check_split(tier: UseropTier, split: str, bucket: str | None) -> None:
@@ -169,7 +186,7 @@ def generate(seed_base: int, split: str, bucket: str | None, indices, *,
              tier: UseropTier = TIER4,
              renders: Sequence[str] | None = None) -> UseropRow:
   """A batch of Tier 4 dataset rows (jitted; one compilation a split and
-  batch size; host numpy result).
+  batch size rounded up to 8; host numpy result).
 
   Args:
     seed_base: the dataset's seed base, an int in [0, 2**64).
@@ -191,10 +208,11 @@ def generate(seed_base: int, split: str, bucket: str | None, indices, *,
   if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer) or (
       indices.size and (indices.min() < 0 or indices.max() >= 2 ** 31)):
     raise ValueError("indices must be a 1-D array of integers in [0, 2**31)")
-  out = _generate(tier, keys_lib.split_key_data(seed_base, split, bucket),
-                  jnp.asarray(indices, jnp.int32), bucket=bucket,
-                  renders=renders)
-  return jax.tree_util.tree_map(np.asarray, out)
+  if not indices.size:
+    raise ValueError("generate: no rows (indices is empty)")
+  key_data = _row_key_data(keys_lib.split_key_data(seed_base, split, bucket),
+                           jnp.asarray(indices, jnp.int32))
+  return _host_rows(tier, np.asarray(key_data), bucket, renders)
 
 
 @functools.partial(jax.jit, static_argnames=("tier", "bucket"))
@@ -211,13 +229,6 @@ def seed_axes(seeds, *, bucket: str | None, tier: UseropTier = TIER4
   (bucket None: train) (host)."""
   kd = generate_lib.key_data_of(np.asarray(seeds, np.uint64))
   return np.asarray(_axes(tier, jnp.asarray(kd), bucket=bucket))
-
-
-@functools.partial(jax.jit, static_argnames=("tier", "bucket", "renders"))
-def _rebuild(tier, key_data, *, bucket, renders):
-  return jax.vmap(lambda d: make_row(
-      tier, jax.random.wrap_key_data(d, impl=keys_lib.IMPL), bucket=bucket,
-      renders=renders))(key_data)
 
 
 def build(seeds, *, bucket: str | None = None, tier: UseropTier = TIER4,
@@ -241,6 +252,5 @@ def build(seeds, *, bucket: str | None = None, tier: UseropTier = TIER4,
   renders = generate_lib.check_renders(
       tier.renders if renders is None else renders, "build")
   kd = generate_lib.key_data_of(np.atleast_1d(np.asarray(seeds, np.uint64)))
-  out = jax.tree_util.tree_map(np.asarray, _rebuild(
-      tier, jnp.asarray(kd), bucket=bucket, renders=renders))
+  out = _host_rows(tier, kd, bucket, renders)
   return jax.tree_util.tree_map(lambda x: x[0], out) if one else out
