@@ -13,6 +13,7 @@ from tinyvm_jax._src import isa
 from tinyvm_jax._src import keys as keys_lib
 from tinyvm_jax._src import program as P
 from tinyvm_jax._src import userop as U
+from tinyvm_jax._src.userop import generate as generate_lib
 from tinyvm_jax._src import validate
 
 NAMES = tuple(U.DEFAULT_USEROPS)
@@ -332,7 +333,7 @@ def test_generated_rows_replay_and_rebuild(generated):
   generator compiled once for all five userops."""
   _, _, rows = generated
   assert list(U.check_userop_rows(enumerate(rows, 1), rebuild=True)) == []
-  assert U._generate._cache_size() == 1
+  assert generate_lib._generate._cache_size() == 1
 
 
 def test_generated_row_layout(generated):

@@ -312,9 +312,14 @@ def _replay_zarr(path: Path, report: Report, *, rebuild: bool,
   """Replays every group of a zarr store on arrays (see `zarr_replay`)."""
   try:
     store = zarr_store.Store(path)
-    for m in zarr_replay(store, rebuild=rebuild,
-                         batch_size=max(batch_size, 1024)):
-      report.problem(f"{path}/{m.group}:{m.line}: {m.field}: {m.detail}")
+    if store.attrs.get("tier") == userop.TIER4.name:
+      found = userop.check_userop_zarr(store, rebuild=rebuild,
+                                       batch_size=batch_size)
+    else:
+      found = ((m.group, m) for m in zarr_replay(
+          store, rebuild=rebuild, batch_size=max(batch_size, 1024)))
+    for group, m in found:
+      report.problem(f"{path}/{group}:{m.line}: {m.field}: {m.detail}")
     report.rows += sum(store.groups.values())
   except (zarr_store.StoreError, ValueError, KeyError, OSError) as e:
     report.bad_input(f"{path}: unreadable zarr store ({e})")

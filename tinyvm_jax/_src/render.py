@@ -70,14 +70,16 @@ def compact(tokens: jax.Array, mask: jax.Array, size: int) -> Tokens:
   return Tokens(ids=ids, length=mask.sum(dtype=jnp.int32))
 
 
-def _cat(*pieces: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+def cat_slots(*pieces: tuple[jax.Array, jax.Array]
+              ) -> tuple[jax.Array, jax.Array]:
   """Concatenates (tokens, mask) slot pieces, flattening each, in order."""
   toks = jnp.concatenate([jnp.ravel(t).astype(jnp.int32) for t, _ in pieces])
   mask = jnp.concatenate([jnp.ravel(m) for _, m in pieces])
   return toks, mask
 
 
-def _one(token: int, valid=True) -> tuple[jax.Array, jax.Array]:
+def one_slot(token: int, valid=True) -> tuple[jax.Array, jax.Array]:
+  """The slot piece of a single token (valid unless told)."""
   return (jnp.full((1,), token, jnp.int32),
           jnp.broadcast_to(jnp.asarray(valid, bool), (1,)))
 
@@ -169,6 +171,13 @@ def output_slots(trace: Trace) -> tuple[jax.Array, jax.Array]:
       [num_t, jnp.full((s, 1), isa.TOK_NEWLINE, jnp.int32)], axis=-1)
   mask = jnp.concatenate([num_m, jnp.ones((s, 1), bool)], axis=-1)
   return toks, mask & (jnp.arange(s) < trace.num_output)[:, None]
+
+
+def output_target(trace: Trace, size: int) -> Tokens:
+  """`BOS + (digits(v) NEWLINE for each output v) + EOS` from slots: the
+  target of the direct and the userop renders (`size`: static `T`)."""
+  return compact(*cat_slots(one_slot(isa.TOK_BOS), output_slots(trace),
+                            one_slot(isa.TOK_EOS)), size)
 
 
 # ------------------------------------------------------------- plain layout
@@ -654,11 +663,11 @@ def _program_input(program: Program, keep: jax.Array, query: bool,
                    size: int) -> Tokens:
   """`BOS + encode(instructions where keep) [+ ?] + EOS`."""
   toks, mask = instruction_slots(program)
-  pieces = [_one(isa.TOK_BOS), (toks, mask & keep[:, None])]
+  pieces = [one_slot(isa.TOK_BOS), (toks, mask & keep[:, None])]
   if query:
-    pieces.append(_one(isa.TOK_QUERY))
-  pieces.append(_one(isa.TOK_EOS))
-  return compact(*_cat(*pieces), size)
+    pieces.append(one_slot(isa.TOK_QUERY))
+  pieces.append(one_slot(isa.TOK_EOS))
+  return compact(*cat_slots(*pieces), size)
 
 
 def _check_render(program: Program, trace: Trace, max_input_len,
@@ -705,10 +714,8 @@ def _render_direct_slots(program: Program, trace: Trace, *,
   """`render_direct` from slots and `compact` (no promise; the reference
   for the windowed path)."""
   keep = jnp.ones(program.op.shape, bool)
-  target = compact(*_cat(_one(isa.TOK_BOS), output_slots(trace),
-                         _one(isa.TOK_EOS)), max_target_len)
   return Render(input=_program_input(program, keep, False, max_input_len),
-                target=target)
+                target=output_target(trace, max_target_len))
 
 
 def render_cot(program: Program, trace: Trace, *, mode: str,
@@ -759,8 +766,8 @@ def _render_cot_slots(program: Program, trace: Trace, *, mode: str,
   nl = jnp.full((s, 1), isa.TOK_NEWLINE, jnp.int32)
   steps_t = jnp.concatenate([step_t, reg_t, nl], axis=-1)
   steps_m = jnp.concatenate([step_m, reg_m, live[:, None]], axis=-1)
-  target = compact(*_cat(_one(isa.TOK_BOS), (steps_t, steps_m),
-                         output_slots(trace), _one(isa.TOK_EOS)),
+  target = compact(*cat_slots(one_slot(isa.TOK_BOS), (steps_t, steps_m),
+                              output_slots(trace), one_slot(isa.TOK_EOS)),
                    max_target_len)
   keep = jnp.ones(program.op.shape, bool)
   return Render(input=_program_input(program, keep, False, max_input_len),
@@ -838,8 +845,9 @@ def _render_probe_query_slots(program: Program, trace: Trace,
   t, keep, in_range = _probe_step(program, trace, step)
   inp = _program_input(program, keep, True, max_input_len)
   reg_t, reg_m = register_slots(trace.regs[t], jnp.ones(isa.NUM_REGS, bool))
-  target = compact(*_cat(_one(isa.TOK_BOS), (reg_t, reg_m),
-                         _one(isa.TOK_NEWLINE), _one(isa.TOK_EOS)),
+  target = compact(*cat_slots(one_slot(isa.TOK_BOS), (reg_t, reg_m),
+                              one_slot(isa.TOK_NEWLINE),
+                              one_slot(isa.TOK_EOS)),
                    max_target_len)
   return _empty_unless(in_range, Render(input=inp, target=target))
 

@@ -27,7 +27,9 @@ class Mismatch:
   detail: str
 
 
-def _round_up(x: int, m: int) -> int:
+def round_up(x: int, m: int) -> int:
+  """x rounded up to a multiple of m, at least m (sizes of few
+  compilations)."""
   return max(m, -(-x // m) * m)
 
 
@@ -44,23 +46,29 @@ def _run_and_render(programs, steps, *, names, max_steps, sizes):
   return jax.vmap(one)(programs, steps)
 
 
-def _first_diff(got: list, want: list) -> str:
+def first_diff(got: list, want: Any) -> str:
+  """Where the list `got` first differs from the stored `want`."""
+  if not isinstance(want, list):
+    return f"stored {type(want).__name__}, not a list"
   for i, (g, w) in enumerate(zip(got, want)):
     if g != w:
       return f"first difference at index {i}: got {g!r}, stored {w!r}"
   return f"length: got {len(got)}, stored {len(want)}"
 
 
-def _compare_trace(line, got, want) -> Iterator[Mismatch]:
+def compare_trace(line: int, got: dict, want: Any, field: str = "trace"
+                  ) -> Iterator[Mismatch]:
+  """Mismatches of a replayed trace (`trace_to_json`) against the stored
+  one, named `field`.<key>."""
   if not isinstance(want, dict):
-    yield Mismatch(line, "trace", "not an object")
+    yield Mismatch(line, field, "not an object")
     return
   for key in ("steps", "output", "halted"):
     if got[key] != want.get(key):
-      detail = (_first_diff(got[key], want[key])
+      detail = (first_diff(got[key], want[key])
                 if isinstance(want.get(key), list) else
                 f"got {got[key]!r}, stored {want.get(key)!r}")
-      yield Mismatch(line, f"trace.{key}", detail)
+      yield Mismatch(line, f"{field}.{key}", detail)
 
 
 def _check_batch(batch: list[tuple[int, dict]],
@@ -80,11 +88,11 @@ def _check_batch(batch: list[tuple[int, dict]],
     parsed.append((line, row, prog))
   if not parsed:
     return
-  max_len = _round_up(max(int(p.length) for _, _, p in parsed), 64)
+  max_len = round_up(max(int(p.length) for _, _, p in parsed), 64)
   stored_steps = max(len(r["trace"].get("steps", []))
                      for _, r, _ in parsed if isinstance(r["trace"], dict)) \
       if any(isinstance(r["trace"], dict) for _, r, _ in parsed) else 0
-  max_steps = _round_up(stored_steps + 1, 128)
+  max_steps = round_up(stored_steps + 1, 128)
   names = sorted({n for _, r, _ in parsed for n in r["renders"]
                   if n in render_lib.RENDERS})
   sizes = []
@@ -92,10 +100,10 @@ def _check_batch(batch: list[tuple[int, dict]],
     lens = [(len(r["renders"][name].get("input_ids", [])),
              len(r["renders"][name].get("target_ids", [])))
             for _, r, _ in parsed if name in r["renders"]]
-    sizes.append((_round_up(max(a for a, _ in lens) + 1, 256),
-                  _round_up(max(b for _, b in lens) + 1, 64)))
+    sizes.append((round_up(max(a for a, _ in lens) + 1, 256),
+                  round_up(max(b for _, b in lens) + 1, 64)))
   rows = len(parsed)
-  padded = _round_up(rows, 64)
+  padded = round_up(rows, 64)
   progs = [program_lib.pad_to(p, max_len) for _, _, p in parsed]
   progs += [progs[-1]] * (padded - rows)
   steps = np.zeros(padded, np.int32)
@@ -108,7 +116,7 @@ def _check_batch(batch: list[tuple[int, dict]],
   for i, (line, row, _) in enumerate(parsed):
     trace = jax.tree_util.tree_map(lambda x, i=i: x[i], traces)
     got = interpreter.trace_to_json(trace)
-    yield from _compare_trace(line, got, row["trace"])
+    yield from compare_trace(line, got, row["trace"])
     if int(trace.error):
       yield Mismatch(line, "trace", f"run ended in error: {isa.ERROR_MESSAGES[int(trace.error)]}")
     for name, stored in row["renders"].items():
@@ -121,7 +129,7 @@ def _check_batch(batch: list[tuple[int, dict]],
         ids = tokens.ids[i, :n].tolist()
         if ids != stored.get(f"{part}_ids"):
           yield Mismatch(line, f"renders.{name}.{part}_ids",
-                         _first_diff(ids, stored.get(f"{part}_ids") or []))
+                         first_diff(ids, stored.get(f"{part}_ids") or []))
         text = text_lib.detokenize(ids)
         if text != stored.get(f"{part}_text"):
           yield Mismatch(line, f"renders.{name}.{part}_text",
@@ -138,7 +146,7 @@ def _check_batch(batch: list[tuple[int, dict]],
         if rebuilt != row["program"]:
           yield Mismatch(line, "program", "differs from the program rebuilt "
                          "from meta.seed and meta.axes: "
-                         + _first_diff(rebuilt, row["program"]))
+                         + first_diff(rebuilt, row["program"]))
 
 
 def _check_probe(line: int, row: dict, trace: dict) -> Iterator[Mismatch]:

@@ -22,7 +22,8 @@ from tinyvm_jax._src.io import jsonl
 from tinyvm_jax._src.types import Program, Rows, Tokens, Trace
 
 
-def _pa():
+def arrow():
+  """The pyarrow module (imported on first use: an optional dependency)."""
   try:
     import pyarrow as pa
   except ImportError as e:  # pragma: no cover - depends on the environment
@@ -34,29 +35,48 @@ def _pa():
 def schema(*, axis_names: Sequence[str], render_names: Sequence[str],
            probe: bool = False):
   """The Arrow schema of rows with these axes and renders."""
-  pa = _pa()
+  pa = arrow()
   ints = pa.list_(pa.int64())
   axes = pa.struct([(a, pa.bool_() if a == "use_stack" else pa.int64())
                     for a in axis_names])
   meta = pa.struct([("tier", pa.string()), ("split", pa.string()),
                     ("bucket", pa.string()), ("seed", pa.uint64()),
                     ("axes", axes), ("renders", pa.list_(pa.string()))])
-  instr = pa.struct([("op", pa.string()), ("args", ints),
-                     ("label", pa.string()), ("target", pa.string())])
-  step = pa.struct([("pc", pa.int64()), ("regs", ints), ("stack", ints),
-                    ("emitted", pa.int64())])
-  trace = pa.struct([("steps", pa.list_(step)), ("output", ints),
-                     ("halted", pa.bool_())])
-  render = pa.struct([("input_ids", ints), ("target_ids", ints),
-                      ("input_text", pa.string()),
-                      ("target_text", pa.string())])
-  fields = [("meta", meta), ("program", pa.list_(instr)), ("trace", trace),
-            ("renders", pa.struct([(r, render) for r in render_names]))]
+  fields = [("meta", meta), ("program", pa.list_(instruction_type())),
+            ("trace", trace_type()), ("renders", renders_type(render_names))]
   if probe:
     fields.append(("probe", pa.struct([
         ("step_t", pa.int64()), ("executed_pc", pa.int64()),
         ("probe_targets", pa.list_(ints))])))
   return pa.schema(fields)
+
+
+def instruction_type():
+  """The Arrow type of a JSON instruction {op, args, label, target}."""
+  pa = arrow()
+  return pa.struct([("op", pa.string()), ("args", pa.list_(pa.int64())),
+                    ("label", pa.string()), ("target", pa.string())])
+
+
+def trace_type():
+  """The Arrow type of a JSON trace {steps, output, halted}."""
+  pa = arrow()
+  ints = pa.list_(pa.int64())
+  step = pa.struct([("pc", pa.int64()), ("regs", ints), ("stack", ints),
+                    ("emitted", pa.int64())])
+  return pa.struct([("steps", pa.list_(step)), ("output", ints),
+                    ("halted", pa.bool_())])
+
+
+def renders_type(render_names: Sequence[str]):
+  """The Arrow type of a row's renders {name: {input_ids, target_ids,
+  input_text, target_text}}."""
+  pa = arrow()
+  ints = pa.list_(pa.int64())
+  render = pa.struct([("input_ids", ints), ("target_ids", ints),
+                      ("input_text", pa.string()),
+                      ("target_text", pa.string())])
+  return pa.struct([(r, render) for r in render_names])
 
 
 def _offsets(counts: np.ndarray) -> np.ndarray:
@@ -69,9 +89,9 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
   return out.astype(np.int32)
 
 
-def _list(values, counts: np.ndarray):
+def list_array(values, counts: np.ndarray):
   """A list array of `counts` [N] items each, from flat `values`."""
-  pa = _pa()
+  pa = arrow()
   if isinstance(values, np.ndarray):
     values = pa.array(values.astype(np.int64, copy=False))
   return pa.ListArray.from_arrays(pa.array(_offsets(counts)), values)
@@ -79,7 +99,7 @@ def _list(values, counts: np.ndarray):
 
 def _labels(numbers: np.ndarray):
   """Strings "L<n>" of label numbers [N], null where n < 0."""
-  pa = _pa()
+  pa = arrow()
   if not (numbers >= 0).any():
     return pa.nulls(numbers.size, pa.string())
   top = int(numbers.max())
@@ -87,8 +107,9 @@ def _labels(numbers: np.ndarray):
   return names.take(pa.array(np.maximum(numbers, 0), mask=numbers < 0))
 
 
-def _program_column(p: Program):
-  pa = _pa()
+def program_column(p: Program):
+  """The list<instruction> array of a [B, P] program batch (host)."""
+  pa = arrow()
   valid = np.arange(p.op.shape[1]) < p.length[:, None]          # [B, P]
   op = p.op[valid]                                              # [N]
   n_regs = isa.REG_ARGS[op]
@@ -100,39 +121,41 @@ def _program_column(p: Program):
   args = args[np.arange(4) < n_args[:, None]]
   names = pa.array(list(isa.OP_NAMES))
   instr = pa.StructArray.from_arrays(
-      [names.take(pa.array(op)), _list(args, n_args),
+      [names.take(pa.array(op)), list_array(args, n_args),
        _labels(p.label[valid]), _labels(p.target_label[valid])],
       names=["op", "args", "label", "target"])
-  return _list(instr, p.length)
+  return list_array(instr, p.length)
 
 
 def _regs_lists(tr: Trace, steps: np.ndarray):
   """Register files of the valid steps as a list<int64> array."""
   regs = tr.regs[steps]                                         # [N, 8]
-  return _list(regs.ravel(), np.full(regs.shape[0], regs.shape[1]))
+  return list_array(regs.ravel(), np.full(regs.shape[0], regs.shape[1]))
 
 
-def _trace_column(tr: Trace):
-  pa = _pa()
+def trace_column(tr: Trace):
+  """The trace struct array of a [B, S] trace batch (host)."""
+  pa = arrow()
   steps = np.arange(tr.pc.shape[1]) < tr.num_steps[:, None]     # [B, S]
   depth = tr.depth[steps]
   stack = tr.stack[steps][np.arange(tr.stack.shape[-1]) < depth[:, None]]
   emit = tr.emit_mask[steps]
   step = pa.StructArray.from_arrays(
       [pa.array(tr.pc[steps].astype(np.int64)), _regs_lists(tr, steps),
-       _list(stack, depth),
+       list_array(stack, depth),
        pa.array(tr.emitted[steps].astype(np.int64), mask=~emit)],
       names=["pc", "regs", "stack", "emitted"])
   outs = np.arange(tr.output.shape[1]) < tr.num_output[:, None]
   return pa.StructArray.from_arrays(
-      [_list(step, tr.num_steps), _list(tr.output[outs], tr.num_output),
+      [list_array(step, tr.num_steps),
+       list_array(tr.output[outs], tr.num_output),
        pa.array(tr.halted.astype(bool))],
       names=["steps", "output", "halted"])
 
 
-def _texts(tok: Tokens):
+def token_texts_column(tok: Tokens):
   """The string array of the texts of token ids (`text.detokenize`)."""
-  pa = _pa()
+  pa = arrow()
   offsets, data = jsonl.texts_arrow_buffers(tok.ids, tok.length)
   if offsets[-1] >= 2 ** 31:
     raise ValueError("a text column holds 2**31 bytes or more; write fewer "
@@ -142,9 +165,10 @@ def _texts(tok: Tokens):
       pa.py_buffer(data))
 
 
-def _ids(tok: Tokens):
+def token_ids_column(tok: Tokens):
+  """The list<int64> array of [B, T] token ids, each cut at its length."""
   valid = np.arange(tok.ids.shape[1]) < tok.length[:, None]
-  return _list(tok.ids[valid], tok.length)
+  return list_array(tok.ids[valid], tok.length)
 
 
 def rows_to_table(rows: Rows, *, tier: str, split: str, bucket: str | None,
@@ -160,7 +184,7 @@ def rows_to_table(rows: Rows, *, tier: str, split: str, bucket: str | None,
     A `pyarrow.Table` with columns meta, program, trace, renders (and probe
     when `probe_step` is given), of `schema(...)`.
   """
-  pa = _pa()
+  pa = arrow()
   axis_names, render_names = tuple(axis_names), tuple(render_names)
   rows, texts, probe_step = jsonl.checked_rows(
       rows, axis_names=axis_names, render_names=render_names, texts=texts,
@@ -180,7 +204,7 @@ def rows_to_table(rows: Rows, *, tier: str, split: str, bucket: str | None,
     axes = pa.array([{}] * b, pa.struct([]))
   n_renders = len(render_names)
   names = pa.array(list(render_names), pa.string())
-  renders_list = _list(names.take(np.tile(np.arange(n_renders), b)),
+  renders_list = list_array(names.take(np.tile(np.arange(n_renders), b)),
                        np.full(b, n_renders))
   meta = pa.StructArray.from_arrays(
       [pa.repeat(pa.scalar(tier, pa.string()), b),
@@ -195,11 +219,13 @@ def rows_to_table(rows: Rows, *, tier: str, split: str, bucket: str | None,
       in_text, out_text = (pa.array(list(x), pa.string())
                            for x in texts[name])
     else:
-      in_text, out_text = (_texts(tok) for tok in (r.input, r.target))
+      in_text, out_text = (token_texts_column(tok)
+                           for tok in (r.input, r.target))
     renders.append(pa.StructArray.from_arrays(
-        [_ids(r.input), _ids(r.target), in_text, out_text],
+        [token_ids_column(r.input), token_ids_column(r.target), in_text,
+         out_text],
         names=["input_ids", "target_ids", "input_text", "target_text"]))
-  columns = [meta, _program_column(rows.program), _trace_column(rows.trace),
+  columns = [meta, program_column(rows.program), trace_column(rows.trace),
              pa.StructArray.from_arrays(renders, names=list(render_names))]
   if probe_step is not None:
     tr = rows.trace
@@ -208,7 +234,7 @@ def rows_to_table(rows: Rows, *, tier: str, split: str, bucket: str | None,
     columns.append(pa.StructArray.from_arrays(
         [pa.array(probe_step.astype(np.int64)),
          pa.array(pc[:, 0].astype(np.int64)),
-         _list(_regs_lists(tr, steps), tr.num_steps)],
+         list_array(_regs_lists(tr, steps), tr.num_steps)],
         names=["step_t", "executed_pc", "probe_targets"]))
   return pa.Table.from_arrays(columns, schema=want)
 
@@ -229,6 +255,6 @@ def write_parquet(table, path, *, compression: str = "zstd",
 
 def read_parquet(path):
   """The table of a Parquet file written by `write_parquet`."""
-  _pa()
+  arrow()
   import pyarrow.parquet as pq
   return pq.read_table(path)

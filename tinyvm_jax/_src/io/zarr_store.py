@@ -46,7 +46,7 @@ FORMAT_VERSION = 2   # 2: fill values are the padding values
 _INT16_FIELDS = {"lit", "target", "target_label", "label", "length", "pc",
                  "regs", "stack", "emitted", "output"}
 _STORE_DTYPES = {
-    "seed": np.uint64, "axes": np.int16,
+    "seed": np.uint64, "axes": np.int16, "n": np.int16,
     "program/op": np.uint8, "program/regs": np.uint8,
     "trace/depth": np.uint8, "trace/emit_mask": np.bool_,
     "trace/halted": np.bool_, "trace/error": np.uint8,
@@ -102,8 +102,19 @@ class StoreError(ValueError):
   """A store that is missing, malformed or not written by tinyvm_jax."""
 
 
+# Tier 4 rows (`userop.formats`) hold two programs a slot, stored as
+# programs are: `with_symbol/<field>` and `base/<field>` (and `n`, [N, E]).
+_PROGRAM_GROUPS = ("with_symbol", "base")
+
+
+def _canonical(name: str) -> str:
+  head, sep, rest = name.partition("/")
+  return f"program/{rest}" if sep and head in _PROGRAM_GROUPS else name
+
+
 def store_dtype(name: str) -> np.dtype:
   """The dtype an array named `name` (e.g. 'trace/regs') is stored in."""
+  name = _canonical(name)
   if name in _STORE_DTYPES:
     return np.dtype(_STORE_DTYPES[name])
   leaf = name.rsplit("/", 1)[-1]
@@ -121,6 +132,7 @@ _FILL_VALUES = {"program/op": isa.NOP, "program/target": -1,
 def fill_value(name: str):
   """The padding value of array `name` (its zarr fill value): what every
   row holds past its own length (see `program.pad_to`, `render.compact`)."""
+  name = _canonical(name)
   if store_dtype(name) == np.bool_:
     return False
   if name.startswith("renders/") and name.endswith("_ids"):
@@ -153,10 +165,12 @@ def rows_to_arrays(rows: Rows) -> dict[str, np.ndarray]:
     for part, tok in (("input", render.input), ("target", render.target)):
       out[f"renders/{rname}/{part}_ids"] = np.asarray(tok.ids)
       out[f"renders/{rname}/{part}_length"] = np.asarray(tok.length)
-  return {k: _narrow(k, v) for k, v in out.items()}
+  return {k: narrow(k, v) for k, v in out.items()}
 
 
-def _narrow(name: str, x: np.ndarray) -> np.ndarray:
+def narrow(name: str, x: np.ndarray) -> np.ndarray:
+  """`x` in array `name`'s storage dtype; StoreError if a value does not
+  fit."""
   d = store_dtype(name)
   if x.dtype == d:
     return x
