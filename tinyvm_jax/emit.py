@@ -32,7 +32,11 @@ from pathlib import Path
 from absl import app
 from absl import flags
 
-from tinyvm_jax._src.emit import pipeline
+from tinyvm_jax._src import checks
+from tinyvm_jax._src import compile_cache
+from tinyvm_jax._src.emit import coordination
+from tinyvm_jax._src.emit import plan as plan_lib
+from tinyvm_jax._src.emit import run as run_lib
 
 _TIERS = ("tier0", "tier1", "tier2")
 _DEVICES = ("cpu", "gpu", "tpu")
@@ -196,19 +200,9 @@ def _start_distributed() -> tuple[int, int]:
   if addr is not None and (":" not in addr or
                            not addr.rsplit(":", 1)[1].isdigit()):
     raise UserError(f"--coordinator_address={addr}: expected HOST:PORT")
-  import jax
-  # no cross-process collective is needed: barriers and the settings check
-  # go through the coordination service
-  try:
-    jax.distributed.initialize(coordinator_address=addr, num_processes=n,
-                               process_id=pid)
-  except Exception as e:  # pylint: disable=broad-except
-    msg = str(e).strip().splitlines()
-    raise RuntimeError("could not join the distributed runtime at "
-                       f"{addr}: {msg[0] if msg else type(e).__name__}"
-                       ) from None
-  _DISTRIBUTED.append(jax.process_index())
-  return jax.process_index(), jax.process_count()
+  pid, nproc = coordination.join(addr, n, pid)
+  _DISTRIBUTED.append(pid)
+  return pid, nproc
 
 
 def _check_out(out: str) -> Path:
@@ -274,8 +268,7 @@ def _settings():
   known = {"tier", "train_size", "eval_size", "renders", "batch_size",
            "vmap_rows", "part_rows", "chunk_rows", "zarr_codec"}
   max_classes = d.get("max_classes", 8)
-  if isinstance(max_classes, bool) or not isinstance(max_classes, int) or (
-      max_classes < 0):
+  if not checks.is_int(max_classes) or max_classes < 0:
     raise UserError(f"max_classes must be an integer >= 0, got "
                     f"{max_classes!r}")
   missing = sorted(known - set(d))
@@ -317,7 +310,7 @@ def main(argv) -> int:
       raise UserError("--out is required")
     kwargs, config, max_classes = _settings()
     out = _check_out(FLAGS.out)
-  except (UserError, pipeline.EmitError) as e:
+  except (UserError, plan_lib.EmitError) as e:
     _fail(str(e))
   _split_cpu()
   try:
@@ -328,27 +321,26 @@ def main(argv) -> int:
     _fail(str(e), 1)
   try:
     devices = _select_devices(FLAGS.device, FLAGS.num_devices)
-    plan = pipeline.make_plan(**_auto_sizes(kwargs, devices[0].platform))
+    plan = plan_lib.make_plan(**_auto_sizes(kwargs, devices[0].platform))
     if ("parquet" in plan.formats
         and importlib.util.find_spec("pyarrow") is None):
       raise UserError("--formats=parquet needs pyarrow: pip install "
                       "'tinyvm_jax[parquet]' (or leave parquet out)")
-  except (UserError, pipeline.EmitError) as e:
+  except (UserError, plan_lib.EmitError) as e:
     _fail(str(e))
-  pipeline.enable_compile_cache(pipeline.default_compile_cache()
-                                if FLAGS.compile_cache is None
-                                else FLAGS.compile_cache)
+  compile_cache.enable_compile_cache(FLAGS.compile_cache)
   show = FLAGS.progress if FLAGS.progress is not None else sys.stderr.isatty()
   label = plan.tier.name if nproc == 1 else f"{plan.tier.name}[{pid}]"
   bar = _Bar(label, show)
   note = lambda s: print(f"emit: {s}", file=sys.stderr)
   try:
-    result = pipeline.run(plan, out, devices=devices, config=config,
-                          on_progress=bar, log=note, max_classes=max_classes)
+    result = run_lib.emit_dataset(plan, out, devices=devices, config=config,
+                                  on_progress=bar, log=note,
+                                  max_classes=max_classes)
   except KeyboardInterrupt:
     bar.close()
     _fail("interrupted; run the same command again to resume", 130)
-  except pipeline.EmitError as e:
+  except plan_lib.EmitError as e:
     bar.close()
     _fail(str(e), 1)
   except OSError as e:

@@ -5,11 +5,12 @@ probe, and optionally the program rebuilt from `meta.seed`)."""
 import dataclasses
 import functools
 import itertools
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
 
+from tinyvm_jax._src import batching
 from tinyvm_jax._src import interpreter
 from tinyvm_jax._src import isa
 from tinyvm_jax._src import program as program_lib
@@ -27,8 +28,9 @@ class Mismatch:
   detail: str
 
 
-def _round_up(x: int, m: int) -> int:
-  return max(m, -(-x // m) * m)
+# rebuild(rows) -> for each row dict, its program rebuilt from its meta (an
+# instruction list), or the ValueError saying why it cannot be.
+Rebuild = Callable[[Sequence[dict]], Sequence[list | ValueError]]
 
 
 @functools.partial(jax.jit, static_argnames=("names", "max_steps", "sizes"))
@@ -63,8 +65,7 @@ def _compare_trace(line, got, want) -> Iterator[Mismatch]:
       yield Mismatch(line, f"trace.{key}", detail)
 
 
-def _check_batch(batch: list[tuple[int, dict]],
-                 rebuild: Callable[[dict], list] | None
+def _check_batch(batch: list[tuple[int, dict]], rebuild: Rebuild | None
                  ) -> Iterator[Mismatch]:
   parsed = []
   for line, row in batch:
@@ -80,11 +81,11 @@ def _check_batch(batch: list[tuple[int, dict]],
     parsed.append((line, row, prog))
   if not parsed:
     return
-  max_len = _round_up(max(int(p.length) for _, _, p in parsed), 64)
+  max_len = batching.round_up(max(int(p.length) for _, _, p in parsed), 64)
   stored_steps = max(len(r["trace"].get("steps", []))
                      for _, r, _ in parsed if isinstance(r["trace"], dict)) \
       if any(isinstance(r["trace"], dict) for _, r, _ in parsed) else 0
-  max_steps = _round_up(stored_steps + 1, 128)
+  max_steps = batching.round_up(stored_steps + 1, 128)
   names = sorted({n for _, r, _ in parsed for n in r["renders"]
                   if n in render_lib.RENDERS})
   sizes = []
@@ -92,18 +93,20 @@ def _check_batch(batch: list[tuple[int, dict]],
     lens = [(len(r["renders"][name].get("input_ids", [])),
              len(r["renders"][name].get("target_ids", [])))
             for _, r, _ in parsed if name in r["renders"]]
-    sizes.append((_round_up(max(a for a, _ in lens) + 1, 256),
-                  _round_up(max(b for _, b in lens) + 1, 64)))
+    sizes.append((batching.round_up(max(a for a, _ in lens) + 1, 256),
+                  batching.round_up(max(b for _, b in lens) + 1, 64)))
   rows = len(parsed)
-  padded = _round_up(rows, 64)
-  progs = [program_lib.pad_to(p, max_len) for _, _, p in parsed]
-  progs += [progs[-1]] * (padded - rows)
+  padded = batching.round_up(rows, 64)
+  progs = program_lib.stack([program_lib.pad_to(p, max_len)
+                             for _, _, p in parsed])
   steps = np.zeros(padded, np.int32)
   for i, (_, r, _) in enumerate(parsed):
     steps[i] = (r.get("probe") or {}).get("step_t", 0)
   traces, renders = jax.device_get(_run_and_render(
-      program_lib.stack(progs), steps, names=tuple(names),
+      batching.pad_rows(progs, padded), steps, names=tuple(names),
       max_steps=max_steps, sizes=tuple(sizes)))
+  rebuilt = (rebuild([row for _, row, _ in parsed]) if rebuild is not None
+             else None)
 
   for i, (line, row, _) in enumerate(parsed):
     trace = jax.tree_util.tree_map(lambda x, i=i: x[i], traces)
@@ -129,16 +132,18 @@ def _check_batch(batch: list[tuple[int, dict]],
                          f"{str(stored.get(f'{part}_text'))[:60]!r}...")
     if "probe" in row:
       yield from _check_probe(line, row, got)
-    if rebuild is not None:
-      try:
-        rebuilt = rebuild(row)
-      except ValueError as e:
-        yield Mismatch(line, "meta", f"cannot rebuild: {e}")
-      else:
-        if rebuilt != row["program"]:
-          yield Mismatch(line, "program", "differs from the program rebuilt "
-                         "from meta.seed and meta.axes: "
-                         + _first_diff(rebuilt, row["program"]))
+    if rebuilt is not None:
+      yield from _check_rebuilt(line, row, rebuilt[i])
+
+
+def _check_rebuilt(line: int, row: dict, rebuilt: list | ValueError
+                   ) -> Iterator[Mismatch]:
+  if isinstance(rebuilt, ValueError):
+    yield Mismatch(line, "meta", f"cannot rebuild: {rebuilt}")
+  elif rebuilt != row["program"]:
+    yield Mismatch(line, "program", "differs from the program rebuilt "
+                   "from meta.seed and meta.axes: "
+                   + _first_diff(rebuilt, row["program"]))
 
 
 def _check_probe(line: int, row: dict, trace: dict) -> Iterator[Mismatch]:
@@ -156,15 +161,16 @@ def _check_probe(line: int, row: dict, trace: dict) -> Iterator[Mismatch]:
 
 
 def check_rows(rows: Iterable[tuple[int, dict[str, Any]]], *,
-               rebuild: Callable[[dict], list] | None = None,
+               rebuild: Rebuild | None = None,
                batch_size: int = 256) -> Iterator[Mismatch]:
   """Replays rows and yields every mismatch.
 
   Args:
     rows: (line number, row dict) pairs, e.g. from a JSONL file.
-    rebuild: optional function from a row to the program (instruction list)
-      rebuilt from its `meta.seed` and `meta.axes`; raises ValueError when it
-      cannot.
+    rebuild: optional function from a batch of row dicts to, for each, the
+      program (instruction list) rebuilt from its `meta.seed` and
+      `meta.axes`, or a ValueError saying why it cannot be
+      (`rebuild.Rebuilder`).
     batch_size: rows run together in one jitted call.
 
   Yields:
