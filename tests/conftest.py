@@ -2,12 +2,20 @@
 
 import gzip
 import json
+import os
 import pathlib
 import time
 
 import pytest
 
 DATA = pathlib.Path(__file__).parent / "data"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# Subprocesses (`python -m tinyvm_jax.emit`, ...) import this checkout's
+# package, not another install's.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(
+        os.pathsep) if p and p != str(ROOT)])
 
 
 def load_rows(name):

@@ -347,6 +347,12 @@ def main(argv) -> int:
     bar.close()
     _fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "), 1)
   bar.close()
+  print(_summary(plan, result, devices, pid, nproc))
+  return 0
+
+
+def _summary(plan, result, devices, pid: int, nproc: int) -> str:
+  """The one line the emit prints on success."""
   platform = devices[0].platform
   where = f"{len(devices)} {platform} devices" if len(devices) > 1 else (
       platform)
@@ -354,20 +360,18 @@ def main(argv) -> int:
     where += f" x {nproc} processes"
   rate = result.generated / result.seconds if result.seconds else 0.0
   if pid != 0:
-    print(f"{plan.tier.name}: process {pid} of {nproc} generated "
-          f"{result.generated:,} rows in {result.seconds:.1f} s "
-          f"({rate:,.0f} rows/s)")
-    return 0
+    return (f"{plan.tier.name}: process {pid} of {nproc} generated "
+            f"{result.generated:,} rows in {result.seconds:.1f} s "
+            f"({rate:,.0f} rows/s)")
   sizes = ", ".join(f"{f} {_human(result.bytes_by_format.get(f, 0))}"
                     for f in plan.formats)
   if nproc > 1:
     rate = result.rows / result.seconds if result.seconds else 0.0
   resumed = f", resumed ({result.generated:,} rows generated)" if (
       result.resumed) else ""
-  print(f"{plan.tier.name}: {result.rows:,} rows in {result.seconds:.1f} s "
-        f"({rate:,.0f} rows/s) on {where}{resumed}; {sizes} -> "
-        f"{result.tier_dir}")
-  return 0
+  return (f"{plan.tier.name}: {result.rows:,} rows in {result.seconds:.1f} s "
+          f"({rate:,.0f} rows/s) on {where}{resumed}; {sizes} -> "
+          f"{result.tier_dir}")
 
 
 def run() -> None:

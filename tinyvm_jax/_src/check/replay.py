@@ -65,9 +65,9 @@ def _compare_trace(line, got, want) -> Iterator[Mismatch]:
       yield Mismatch(line, f"trace.{key}", detail)
 
 
-def _check_batch(batch: list[tuple[int, dict]], rebuild: Rebuild | None
-                 ) -> Iterator[Mismatch]:
-  parsed = []
+def _parse(batch: list[tuple[int, dict]], parsed: list) -> Iterator[Mismatch]:
+  """Appends (line, row, Program) of each well-formed row to `parsed`;
+  yields the others' mismatches."""
   for line, row in batch:
     missing = [k for k in _REQUIRED if k not in row]
     if missing:
@@ -79,12 +79,15 @@ def _check_batch(batch: list[tuple[int, dict]], rebuild: Rebuild | None
       yield Mismatch(line, "program", str(e))
       continue
     parsed.append((line, row, prog))
-  if not parsed:
-    return
+
+
+def _replayed(parsed: list) -> tuple[Any, dict]:
+  """(traces, {render: Render}) of the rows' programs, run and rendered in
+  one jitted call at sizes rounded up from the stored rows' (few
+  compilations)."""
   max_len = batching.round_up(max(int(p.length) for _, _, p in parsed), 64)
-  stored_steps = max(len(r["trace"].get("steps", []))
-                     for _, r, _ in parsed if isinstance(r["trace"], dict)) \
-      if any(isinstance(r["trace"], dict) for _, r, _ in parsed) else 0
+  traces = [r["trace"] for _, r, _ in parsed if isinstance(r["trace"], dict)]
+  stored_steps = max((len(t.get("steps", [])) for t in traces), default=0)
   max_steps = batching.round_up(stored_steps + 1, 128)
   names = sorted({n for _, r, _ in parsed for n in r["renders"]
                   if n in render_lib.RENDERS})
@@ -95,41 +98,54 @@ def _check_batch(batch: list[tuple[int, dict]], rebuild: Rebuild | None
             for _, r, _ in parsed if name in r["renders"]]
     sizes.append((batching.round_up(max(a for a, _ in lens) + 1, 256),
                   batching.round_up(max(b for _, b in lens) + 1, 64)))
-  rows = len(parsed)
-  padded = batching.round_up(rows, 64)
+  padded = batching.round_up(len(parsed), 64)
   progs = program_lib.stack([program_lib.pad_to(p, max_len)
                              for _, _, p in parsed])
   steps = np.zeros(padded, np.int32)
   for i, (_, r, _) in enumerate(parsed):
     steps[i] = (r.get("probe") or {}).get("step_t", 0)
-  traces, renders = jax.device_get(_run_and_render(
+  return jax.device_get(_run_and_render(
       batching.pad_rows(progs, padded), steps, names=tuple(names),
       max_steps=max_steps, sizes=tuple(sizes)))
+
+
+def _compare_renders(line: int, row: dict, renders: dict, i: int
+                     ) -> Iterator[Mismatch]:
+  for name, stored in row["renders"].items():
+    if name not in render_lib.RENDERS:
+      yield Mismatch(line, f"renders.{name}", "unknown render")
+      continue
+    r = renders[name]
+    for part, tokens in (("input", r.input), ("target", r.target)):
+      n = int(tokens.length[i])
+      ids = tokens.ids[i, :n].tolist()
+      if ids != stored.get(f"{part}_ids"):
+        yield Mismatch(line, f"renders.{name}.{part}_ids",
+                       _first_diff(ids, stored.get(f"{part}_ids") or []))
+      text = text_lib.detokenize(ids)
+      if text != stored.get(f"{part}_text"):
+        yield Mismatch(line, f"renders.{name}.{part}_text",
+                       f"got {text[:60]!r}..., stored "
+                       f"{str(stored.get(f'{part}_text'))[:60]!r}...")
+
+
+def _check_batch(batch: list[tuple[int, dict]], rebuild: Rebuild | None
+                 ) -> Iterator[Mismatch]:
+  parsed = []
+  yield from _parse(batch, parsed)
+  if not parsed:
+    return
+  traces, renders = _replayed(parsed)
   rebuilt = (rebuild([row for _, row, _ in parsed]) if rebuild is not None
              else None)
-
   for i, (line, row, _) in enumerate(parsed):
     trace = jax.tree_util.tree_map(lambda x, i=i: x[i], traces)
     got = interpreter.trace_to_json(trace)
     yield from _compare_trace(line, got, row["trace"])
     if int(trace.error):
-      yield Mismatch(line, "trace", f"run ended in error: {isa.ERROR_MESSAGES[int(trace.error)]}")
-    for name, stored in row["renders"].items():
-      if name not in render_lib.RENDERS:
-        yield Mismatch(line, f"renders.{name}", "unknown render")
-        continue
-      r = renders[name]
-      for part, tokens in (("input", r.input), ("target", r.target)):
-        n = int(tokens.length[i])
-        ids = tokens.ids[i, :n].tolist()
-        if ids != stored.get(f"{part}_ids"):
-          yield Mismatch(line, f"renders.{name}.{part}_ids",
-                         _first_diff(ids, stored.get(f"{part}_ids") or []))
-        text = text_lib.detokenize(ids)
-        if text != stored.get(f"{part}_text"):
-          yield Mismatch(line, f"renders.{name}.{part}_text",
-                         f"got {text[:60]!r}..., stored "
-                         f"{str(stored.get(f'{part}_text'))[:60]!r}...")
+      yield Mismatch(line, "trace", "run ended in error: "
+                     f"{isa.ERROR_MESSAGES[int(trace.error)]}")
+    yield from _compare_renders(line, row, renders, i)
     if "probe" in row:
       yield from _check_probe(line, row, got)
     if rebuilt is not None:

@@ -9,7 +9,7 @@ device (on a CPU through JAX's gloo collectives; on accelerators through
 their own), so a process that died makes them fail once the runtime's
 heartbeats stop, and a launcher stops the others first. JAX's key-value
 store and coordination-service barriers would need no collective, but JAX
-exposes them only under `jax._src`.
+keeps them in its private modules.
 
 Gloo announces each connection it makes with a line on the C++ standard
 output ("[Gloo] Rank 0 is connected to ..."); the emit's standard output is
