@@ -201,6 +201,7 @@ def _start_distributed() -> tuple[int, int]:
                            not addr.rsplit(":", 1)[1].isdigit()):
     raise UserError(f"--coordinator_address={addr}: expected HOST:PORT")
   pid, nproc = coordination.join(addr, n, pid)
+  coordination.quiet_native_stdout()   # stdout: the summary line only
   _DISTRIBUTED.append(pid)
   return pid, nproc
 

@@ -7,14 +7,16 @@ Public JAX API only: `jax.distributed.initialize` joins the runtime;
 fingerprint. Both are small cross-process computations over every global
 device (on a CPU through JAX's gloo collectives; on accelerators through
 their own), so a process that died makes them fail once the runtime's
-heartbeats stop, and a launcher stops the others first. JAX's key-value
+heartbeats stop or the transport sees a closed connection (an
+`EmitError`), and a launcher stops the others first. JAX's key-value
 store and coordination-service barriers would need no collective, but JAX
 keeps them in its private modules.
 
 Gloo announces each connection it makes with a line on the C++ standard
-output ("[Gloo] Rank 0 is connected to ..."); the emit's standard output is
-its one-line result, so the collectives run with file descriptor 1 pointed
-at /dev/null (errors still reach standard error or raise).
+output ("[Gloo] Rank 0 is connected to ...", buffered by the C library and
+written whenever it is flushed); the emit CLI, whose standard output is its
+one-line result, gives the C++ runtime /dev/null as file descriptor 1 once
+it joined the runtime (`quiet_native_stdout`).
 """
 
 import contextlib
@@ -46,19 +48,29 @@ def join(coordinator_address: str | None, num_processes: int | None,
   return jax.process_index(), jax.process_count()
 
 
-@contextlib.contextmanager
-def _quiet_stdout():
-  """File descriptor 1 sent to /dev/null (gloo's connection notes)."""
+def quiet_native_stdout() -> None:
+  """Points file descriptor 1 (the C and C++ runtime's standard output:
+  gloo's connection notes) at /dev/null for the rest of the process, and
+  Python's `sys.stdout` at a copy of the real standard output."""
   sys.stdout.flush()
-  saved = os.dup(1)
+  real = os.dup(1)
   null = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(null, 1)
+  os.close(null)
+  sys.stdout = os.fdopen(real, "w", buffering=1)
+
+
+@contextlib.contextmanager
+def _collective(what: str):
+  """Runs a cross-process collective; a failure (a process died: the
+  transport reports a closed connection) is raised as one `EmitError`
+  line."""
   try:
-    os.dup2(null, 1)
     yield
-  finally:
-    os.dup2(saved, 1)
-    os.close(saved)
-    os.close(null)
+  except Exception as e:  # pylint: disable=broad-except
+    msg = str(e).strip().splitlines()
+    raise EmitError(f"{what} failed (did a process stop?): "
+                    f"{msg[0] if msg else type(e).__name__}") from None
 
 
 def _require_runtime() -> None:
@@ -72,7 +84,7 @@ def global_barrier(name: str) -> None:
   barrier `name`."""
   _require_runtime()
   from jax.experimental import multihost_utils
-  with _quiet_stdout():
+  with _collective(f"the barrier {name!r}"):
     multihost_utils.sync_global_devices(f"tinyvm_jax/{name}")
 
 
@@ -86,7 +98,7 @@ def check_same_settings(fingerprint: str) -> None:
   _require_runtime()
   from jax.experimental import multihost_utils
   mine = np.frombuffer(bytes.fromhex(fingerprint), np.uint8)
-  with _quiet_stdout():
+  with _collective("the settings check"):
     every = np.asarray(multihost_utils.process_allgather(mine))
   if not (every.reshape(-1, mine.size) == mine).all():
     raise EmitError("the processes were started with different settings "
