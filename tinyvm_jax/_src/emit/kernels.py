@@ -8,7 +8,6 @@ its padding value), so a row class is one compilation shared by every split.
 """
 
 import functools
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
