@@ -112,15 +112,16 @@ CODECS = ("none", "zstd:1", "zstd:3", "zstd:9", "blosc:lz4:5",
 
 def bench_codecs(args) -> dict:
   import tensorstore as ts
-  from tinyvm_jax._src.emit import pipeline
+  from tinyvm_jax._src.emit import kernels
+  from tinyvm_jax._src.emit import plan as plan_lib
   from tinyvm_jax._src.io import zarr_store
-  plan = pipeline.make_plan(
+  plan = plan_lib.make_plan(
       tier="tier1", seed_base=0, train_size=args.codec_rows,
       eval_size=args.codec_rows, renders=("direct",), formats=("zarr",),
       batch_size=4096, vmap_rows=256, part_rows=16384, chunk_rows=1024)
   samples = {}
   for sp in (plan.splits[0], plan.splits[-1]):  # train and len_128
-    rows = pipeline.generate_rows(plan, sp, 0, sp.num_rows)
+    rows = kernels.generate_rows(plan, sp, 0, sp.num_rows)
     samples[sp.name] = zarr_store.rows_to_arrays(rows)
   raw = sum(a.nbytes for s in samples.values() for a in s.values())
   results = {}

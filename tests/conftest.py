@@ -12,6 +12,13 @@ import time
 import pytest
 
 DATA = pathlib.Path(__file__).parent / "data"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# Subprocesses (`python -m tinyvm_jax.emit`, ...) import this checkout's
+# package, not another install's.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(
+        os.pathsep) if p and p != str(ROOT)])
 
 # Caches the code under test (and the processes it starts) would write into
 # the user's home go to a temporary folder for the session instead: JAX's

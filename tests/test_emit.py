@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -20,7 +21,10 @@ from conftest import wait_for_a_recorded_part
 
 from tinyvm_jax._src.io import loaders
 from tinyvm_jax._src.io import manifest as manifest_lib
-from tinyvm_jax._src.emit import pipeline
+from tinyvm_jax._src.emit import classes as classes_lib
+from tinyvm_jax._src.emit import layout
+from tinyvm_jax._src.emit import plan as plan_lib
+from tinyvm_jax._src.emit.run import emit_dataset
 from tinyvm_jax._src import tiers
 
 DATA = Path(__file__).parent / "data"
@@ -37,7 +41,7 @@ def small_plan(tier: str, formats=FORMATS, seed: int = 0, **kw):
               renders=("direct",), formats=tuple(formats), batch_size=256,
               vmap_rows=64, part_rows=128, chunk_rows=64)
   args.update(kw)
-  return pipeline.make_plan(**args)
+  return plan_lib.make_plan(**args)
 
 
 def data_files(tier_dir: Path) -> dict[str, bytes]:
@@ -52,7 +56,7 @@ def emitted(tmp_path_factory):
   out = {}
   for tier in SIZES:
     root = tmp_path_factory.mktemp(f"emit_{tier}")
-    out[tier] = pipeline.run(small_plan(tier), root).tier_dir
+    out[tier] = emit_dataset(small_plan(tier), root).tier_dir
   return out
 
 
@@ -87,7 +91,7 @@ def test_layout_and_manifest(emitted, tier):
   readme = (d / "README.md").read_text()
   assert readme.startswith("---\nconfigs:\n") and "path: data/train-*.parquet" \
       in readme
-  assert not (d / pipeline.PARTIAL).exists()
+  assert not (d / layout.PARTIAL).exists()
 
 
 @pytest.mark.parametrize("tier", sorted(SIZES))
@@ -115,11 +119,11 @@ def test_jsonl_rows_have_the_reference_schema(emitted, tier):
 def test_each_format_alone(emitted, tmp_path, tier, fmt):
   """A single-format emit writes exactly that format's files, identical to
   the same files of the all-formats emit."""
-  d = pipeline.run(small_plan(tier, formats=(fmt,)), tmp_path).tier_dir
+  d = emit_dataset(small_plan(tier, formats=(fmt,)), tmp_path).tier_dir
   m = json.loads((d / "manifest.json").read_bytes())
   assert m["formats"] == [fmt]
   full = json.loads((emitted[tier] / "manifest.json").read_bytes())["files"]
-  want = {k: v for k, v in full.items() if pipeline._format_of(k) == fmt}
+  want = {k: v for k, v in full.items() if layout.format_of(k) == fmt}
   if fmt == "parquet":
     want["README.md"] = full["README.md"]
   assert m["files"] == want
@@ -143,16 +147,23 @@ def test_rows_equal_tiers_generate(emitted):
       assert w.shape == g.shape and np.array_equal(w, g), (sp_name, path)
 
 
-def test_shape_classes_group_small_splits():
+def _group_sizes(plan):
+  """{split name: the sizes verify's zarr replay computes it at}."""
+  tops = classes_lib.group_sizes([(s.shapes, s.num_rows) for s in plan.splits],
+                                 plan.renders)
+  return {s.name: top for s, top in zip(plan.splits, tops)}
+
+
+def test_group_sizes_group_small_splits():
   plan = small_plan("tier1")
-  classes = pipeline.shape_classes(plan.splits)
+  classes = _group_sizes(plan)
   assert set(classes) == {s.name for s in plan.splits}
   assert len(set(classes.values())) == 1  # tiny: one compilation
-  big = pipeline.make_plan(tier="tier1", seed_base=0, train_size=200_000,
+  big = plan_lib.make_plan(tier="tier1", seed_base=0, train_size=200_000,
                            eval_size=20_000, renders=("direct",),
                            formats=("zarr",), batch_size=4096,
                            part_rows=16384, chunk_rows=1024)
-  classes = pipeline.shape_classes(big.splits)
+  classes = _group_sizes(big)
   assert 1 < len(set(classes.values())) < len(big.splits)
   for sp in big.splits:
     top = classes[sp.name]
@@ -162,7 +173,7 @@ def test_shape_classes_group_small_splits():
 
 # ------------------------------------------------------------ determinism
 def test_same_command_twice_is_byte_identical(emitted, tmp_path):
-  d = pipeline.run(small_plan("tier1"), tmp_path).tier_dir
+  d = emit_dataset(small_plan("tier1"), tmp_path).tier_dir
   assert data_files(d) == data_files(emitted["tier1"])
   a = json.loads((d / "manifest.json").read_bytes())
   b = json.loads((emitted["tier1"] / "manifest.json").read_bytes())
@@ -173,32 +184,69 @@ def test_same_command_twice_is_byte_identical(emitted, tmp_path):
 def test_rerun_over_a_finished_emit_rewrites_it(emitted, tmp_path):
   shutil.copytree(emitted["tier0"], tmp_path / "tier0")
   (tmp_path / "tier0" / "eval" / "stale.jsonl").write_text("{}\n")
-  d = pipeline.run(small_plan("tier0"), tmp_path).tier_dir
+  d = emit_dataset(small_plan("tier0"), tmp_path).tier_dir
   assert data_files(d) == data_files(emitted["tier0"])
 
 
 def test_other_seed_other_rows(emitted, tmp_path):
-  d = pipeline.run(small_plan("tier0", formats=("jsonl",), seed=1),
+  d = emit_dataset(small_plan("tier0", formats=("jsonl",), seed=1),
                    tmp_path).tier_dir
   assert (d / "train.jsonl").read_bytes() != (
       emitted["tier0"] / "train.jsonl").read_bytes()
 
 
 # ------------------------------------------------------------ crash safety
+class Crash(Exception):
+  """The fault `CrashAfter` injects."""
+
+
+class CrashAfter:
+  """A `Writer` that fails the emit as a crash would, once `parts` parts
+  are recorded: its `end_part` of the next part waits until the formats'
+  writers made the first `parts` durable and they were recorded, then
+  raises (the formats may be further: their leftovers past the last
+  recorded part are what a crash leaves)."""
+
+  def __init__(self, plan, tier_dir, parts, timeout=120):
+    self.plan, self.work = plan, tier_dir / layout.PARTIAL
+    self.parts, self.timeout, self.ended = parts, timeout, 0
+
+  def write(self, sp, rows, positions):
+    pass
+
+  def end_part(self, sp, part):
+    if self.ended == self.parts:
+      deadline = time.monotonic() + self.timeout
+      while len(layout.done_parts(self.work, self.plan.fingerprint())) < (
+          self.parts) and time.monotonic() < deadline:
+        time.sleep(0.01)
+      raise Crash(f"crashed after {self.parts} parts")
+    self.ended += 1
+    return {}
+
+  def close(self):
+    pass
+
+
+def crash(plan, out, parts):
+  with pytest.raises(Crash):
+    emit_dataset(plan, out, extra_writers=[
+        CrashAfter(plan, out / plan.tier.name, parts)])
+
+
 @pytest.mark.parametrize("stop_after", [1, 2, 4, 6])
 def test_interrupted_emit_resumes_byte_identical(emitted, tmp_path,
                                                  stop_after):
   plan = small_plan("tier1")
-  with pytest.raises(pipeline.EmitInterrupted):
-    pipeline.run(plan, tmp_path, stop_after_parts=stop_after)
+  crash(plan, tmp_path, stop_after)
   d = tmp_path / "tier1"
   # nothing passes for complete: no manifest, nothing under a final name
   assert not (d / "manifest.json").exists()
-  assert sorted(p.name for p in d.iterdir()) == [pipeline.PARTIAL]
+  assert sorted(p.name for p in d.iterdir()) == [layout.PARTIAL]
   # a crash's leftovers past the last durable part (a torn write at the end
   # of a JSONL piece, a temporary Parquet file) are cut off or removed
-  work = d / pipeline.PARTIAL
-  done = pipeline.done_parts(work, plan.fingerprint())
+  work = d / layout.PARTIAL
+  done = layout.done_parts(work, plan.fingerprint())
   assert 0 < len(done) < sum(sp.num_parts(plan.part_rows)
                              for sp in plan.splits)
   for sp in plan.splits:
@@ -206,10 +254,10 @@ def test_interrupted_emit_resumes_byte_identical(emitted, tmp_path,
                    if k.rsplit(":", 1)[0] == sp.name)
     if parts and len(parts) < sp.num_parts(plan.part_rows):
       piece = done[f"{sp.name}:{parts[-1]}"]["jsonl"]["piece"]
-      with open(work / pipeline.jsonl_piece(sp, piece), "ab") as f:
+      with open(work / layout.jsonl_piece(sp, piece), "ab") as f:
         f.write(b'{"torn": ')
   (work / "data" / ".stray.parquet.1.tmp").write_bytes(b"PAR1")
-  result = pipeline.run(plan, tmp_path)
+  result = emit_dataset(plan, tmp_path)
   assert result.resumed and result.generated < plan.total_rows
   assert data_files(d) == data_files(emitted["tier1"])
 
@@ -222,19 +270,18 @@ def test_crash_while_finalizing_resumes(emitted, tmp_path, monkeypatch):
     raise OSError("disk full")
   monkeypatch.setattr(manifest_lib, "write", boom)
   with pytest.raises(OSError):
-    pipeline.run(plan, tmp_path)
+    emit_dataset(plan, tmp_path)
   assert not (tmp_path / "tier0" / "manifest.json").exists()
   monkeypatch.setattr(manifest_lib, "write", real)
-  result = pipeline.run(plan, tmp_path)
+  result = emit_dataset(plan, tmp_path)
   assert result.generated == 0
   assert data_files(result.tier_dir) == data_files(emitted["tier0"])
 
 
 def test_changed_settings_discard_an_unfinished_emit(emitted, tmp_path):
-  with pytest.raises(pipeline.EmitInterrupted):
-    pipeline.run(small_plan("tier0", seed=5), tmp_path, stop_after_parts=1)
+  crash(small_plan("tier0", seed=5), tmp_path, 1)
   notes = []
-  result = pipeline.run(small_plan("tier0"), tmp_path, log=notes.append)
+  result = emit_dataset(small_plan("tier0"), tmp_path, log=notes.append)
   assert not result.resumed and any("discarding" in n for n in notes)
   assert data_files(result.tier_dir) == data_files(emitted["tier0"])
 
@@ -258,7 +305,7 @@ def test_killed_cli_emit_resumes_byte_identical(tmp_path):
   proc = subprocess.Popen([sys.executable, "-m", "tinyvm_jax.emit", *args],
                           cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
-  progress = (tmp_path / "tier0" / pipeline.PARTIAL / pipeline.PROGRESS_DIR
+  progress = (tmp_path / "tier0" / layout.PARTIAL / layout.PROGRESS_DIR
               / "p00000.json")
   killed = wait_for_a_recorded_part(progress, proc, 240)
   if killed:
@@ -272,7 +319,7 @@ def test_killed_cli_emit_resumes_byte_identical(tmp_path):
   assert len(summary) == 1, summary
   assert summary[0].startswith(f"tier0: {train + ev:,} rows") and (
       "resumed" in summary[0]), summary
-  clean = pipeline.run(small_plan("tier0", train_size=train, eval_size=ev),
+  clean = emit_dataset(small_plan("tier0", train_size=train, eval_size=ev),
                        tmp_path / "clean").tier_dir
   assert data_files(tmp_path / "tier0") == data_files(clean)
   m = json.loads((tmp_path / "tier0" / "manifest.json").read_bytes())
@@ -360,8 +407,8 @@ def test_make_plan_rejects_bad_settings(override, needle):
   kw = dict(override)
   seed = kw.pop("seed", 0)
   tier = kw.pop("tier", "tier0")
-  with pytest.raises(pipeline.EmitError, match=needle):
+  with pytest.raises(plan_lib.EmitError, match=needle):
     small_plan(tier, seed=seed, **kw) if tier in SIZES else (
-        pipeline.make_plan(tier=tier, seed_base=0, train_size=1, eval_size=1,
+        plan_lib.make_plan(tier=tier, seed_base=0, train_size=1, eval_size=1,
                            renders=("direct",), formats=("zarr",),
                            batch_size=1, part_rows=1, chunk_rows=1))

@@ -11,7 +11,8 @@ import pytest
 
 from tinyvm_jax._src.io import jsonl
 from tinyvm_jax._src.io import loaders
-from tinyvm_jax._src.emit import pipeline
+from tinyvm_jax._src.emit import plan as plan_lib
+from tinyvm_jax._src.emit.run import emit_dataset
 from tinyvm_jax._src.io import zarr_store
 
 DATA = Path(__file__).parent / "data"
@@ -20,7 +21,7 @@ SIZES = {"tier0": (300, 60), "tier1": (300, 40)}
 
 def small_plan(tier: str):
   train, ev = SIZES[tier]
-  return pipeline.make_plan(
+  return plan_lib.make_plan(
       tier=tier, seed_base=0, train_size=train, eval_size=ev,
       renders=("direct",), formats=("zarr", "jsonl", "parquet"),
       batch_size=256, vmap_rows=64, part_rows=128, chunk_rows=64)
@@ -30,7 +31,7 @@ def small_plan(tier: str):
 def emitted(request, tmp_path_factory):
   root = tmp_path_factory.mktemp(f"loaders_{request.param}")
   plan = small_plan(request.param)
-  return plan, pipeline.run(plan, root).tier_dir
+  return plan, emit_dataset(plan, root).tier_dir
 
 
 def _first_rows(src: Path, dst: Path, n: int) -> Path:

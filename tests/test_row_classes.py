@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 
 from tinyvm_jax._src import branched
-from tinyvm_jax._src.emit import pipeline
+from tinyvm_jax._src.emit import classes as classes_lib
+from tinyvm_jax._src.emit import kernels
+from tinyvm_jax._src.emit import plan as plan_lib
+from tinyvm_jax._src.emit.run import emit_dataset
 from tinyvm_jax._src import keys as keys_lib
 from tinyvm_jax._src import tiers
+from tinyvm_jax._src.io import rows as rows_lib
 from tinyvm_jax._src.io import zarr_store
 
 
@@ -20,7 +24,7 @@ def _plan(tier="tier2", train=4000, ev=200, **kw):
               formats=("zarr",), batch_size=64, vmap_rows=16, part_rows=512,
               chunk_rows=128)
   args.update(kw)
-  return pipeline.make_plan(**args)
+  return plan_lib.make_plan(**args)
 
 
 @pytest.mark.parametrize("tier", ["tier1", "tier2"])
@@ -56,31 +60,31 @@ def test_row_bounds_bad_shape(bad):
 
 def test_row_classes_cover_every_row_and_are_cheapest_first():
   plan = _plan()
-  classes = pipeline.row_classes(plan, max_classes=6)
+  classes = classes_lib.row_classes(plan, max_classes=6)
   assert 1 <= len(classes) <= 6
-  units = [pipeline.class_units(c, plan.renders) for c in classes]
+  units = [classes_lib.class_units(c, plan.renders) for c in classes]
   assert units == sorted(units)
   top = classes[-1]
   assert (top.max_len, top.max_steps) == (524, 1615)  # no fallback class
   for sp in plan.splits:
-    p, s = pipeline.row_sizes(plan, sp, pipeline.rows_axes(plan, sp, 0,
+    p, s = classes_lib.row_sizes(plan, sp, classes_lib.rows_axes(plan, sp, 0,
                                                            sp.num_rows))
-    cls = pipeline.assign_classes(classes, p, s)
+    cls = classes_lib.assign_classes(classes, p, s)
     assert (cls >= 0).all()
     assert (p <= np.array([classes[c].max_len for c in cls])).all()
     assert (s <= np.array([classes[c].max_steps for c in cls])).all()
-  assert pipeline.row_classes(plan, max_classes=0) == ()
+  assert classes_lib.row_classes(plan, max_classes=0) == ()
 
 
 def test_batches_hold_each_row_of_a_part_once():
   plan = _plan()
   sp = plan.splits[0]
-  classes = pipeline.row_classes(plan)
+  classes = classes_lib.row_classes(plan)
   got = np.concatenate([rows for _, rows in
-                        pipeline._batches(plan, sp, 1, classes, 64)])
+                        classes_lib.part_batches(plan, sp, 1, classes, 64)])
   assert sorted(got.tolist()) == list(range(512, 1024))
   assert all(len(rows) <= 64 for _, rows in
-             pipeline._batches(plan, sp, 1, classes, 64))
+             classes_lib.part_batches(plan, sp, 1, classes, 64))
 
 
 @pytest.mark.parametrize("tier", ["tier2"])
@@ -89,11 +93,11 @@ def test_classes_do_not_change_the_bytes(tmp_path, tier, monkeypatch):
   kw = dict(train=600, ev=0, formats=("zarr", "jsonl", "parquet"),
             part_rows=256, chunk_rows=64)
   plan = _plan(tier, **kw)
-  monkeypatch.setattr(pipeline, "_COMPILE_SECONDS", 0.0)
-  assert len(pipeline.row_classes(plan, max_classes=3)) == 3
+  monkeypatch.setattr(classes_lib, "_COMPILE_SECONDS", 0.0)
+  assert len(classes_lib.row_classes(plan, max_classes=3)) == 3
   hashes = []
   for mc in (0, 3):
-    r = pipeline.run(plan, tmp_path / str(mc), max_classes=mc)
+    r = emit_dataset(plan, tmp_path / str(mc), max_classes=mc)
     hashes.append({k: v["sha256"] for k, v in r.files.items()})
   assert hashes[0] == hashes[1]
 
@@ -101,8 +105,8 @@ def test_classes_do_not_change_the_bytes(tmp_path, tier, monkeypatch):
 def test_narrow_keeps_values_and_widen_restores_int32():
   rows = tiers.generate("tier2", 5, "eval", "easy", np.arange(4),
                         renders=("direct", "cot"))
-  small = pipeline.narrow(rows)
-  back = pipeline.widen(jax_to_np(small))
+  small = kernels.narrow(rows)
+  back = rows_lib.widen(jax_to_np(small))
   arrays = zarr_store.rows_to_arrays(jax_to_np(rows))
   assert zarr_store.rows_to_arrays(jax_to_np(small)).keys() == arrays.keys()
   for name, x in zarr_store.rows_to_arrays(jax_to_np(small)).items():
@@ -119,7 +123,7 @@ def jax_to_np(tree):
 @pytest.mark.parametrize("n", [1, 2, 3, 7])
 def test_part_assignment_is_a_partition_in_order(n):
   plan = _plan(train=5000, ev=700)
-  shares = pipeline.part_assignment(plan, n)
+  shares = classes_lib.part_assignment(plan, n)
   assert len(shares) == n
   flat = [(sp.name, k) for share in shares for sp, k in share]
   want = [(sp.name, k) for sp in plan.splits
@@ -128,8 +132,8 @@ def test_part_assignment_is_a_partition_in_order(n):
 
 
 def test_run_rejects_a_bad_process_id(tmp_path):
-  with pytest.raises(pipeline.EmitError, match="process_id=2"):
-    pipeline.run(_plan(train=10, ev=0), tmp_path, process_id=2,
+  with pytest.raises(plan_lib.EmitError, match="process_id=2"):
+    emit_dataset(_plan(train=10, ev=0), tmp_path, process_id=2,
                  num_processes=2, barrier=lambda name: None)
 
 
@@ -141,13 +145,13 @@ def test_fill_values_are_the_padding_values():
   sp = plan.splits[1]   # eval easy
   big = dataclasses.replace(sp.shapes, max_len=sp.shapes.max_len + 7,
                             max_steps=sp.shapes.max_steps + 5)
-  rows = jax.device_get(pipeline._rows_batch(
+  rows = jax.device_get(kernels.rows_batch(
       plan.tier, keys_lib.split_key_data(0, sp.split, sp.bucket),
       np.arange(4, dtype=np.int32), np.int32(4),
       np.asarray(sp.axes, np.int32), np.asarray(False), shapes=big,
       renders=plan.renders, vmap_rows=4))
-  small = zarr_store.rows_to_arrays(pipeline.trim(rows, sp.shapes, 4))
-  wide = zarr_store.rows_to_arrays(pipeline.trim(rows, big, 4))
+  small = zarr_store.rows_to_arrays(rows_lib.trim(rows, sp.shapes, 4))
+  wide = zarr_store.rows_to_arrays(rows_lib.trim(rows, big, 4))
   grown = 0
   for name, x in wide.items():
     y = small[name]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_for_a_recorded_part
 
-from tinyvm_jax._src.emit import pipeline
+from tinyvm_jax._src.emit import layout
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,8 +111,8 @@ def test_dead_process_fails_the_run_and_a_rerun_resumes(tmp_path, cache):
                            "--num_processes=2", "--", *args], cwd=ROOT,
                           env=_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
-  progress = (tmp_path / "ds" / "tier0" / pipeline.PARTIAL
-              / pipeline.PROGRESS_DIR / "p00001.json")
+  progress = (tmp_path / "ds" / "tier0" / layout.PARTIAL
+              / layout.PROGRESS_DIR / "p00001.json")
   killed = False
   if wait_for_a_recorded_part(progress, proc, 300):
     for pid in _children("--process_id=1"):

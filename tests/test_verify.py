@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from tinyvm_jax import verify
-from tinyvm_jax._src.emit import pipeline
+from tinyvm_jax._src.emit import layout
+from tinyvm_jax._src.emit import plan as plan_lib
+from tinyvm_jax._src.emit.run import emit_dataset
 from tinyvm_jax._src.io import zarr_store
 
 DATA = Path(__file__).parent / "data"
@@ -22,11 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def emitted(tmp_path_factory):
   """A tiny Tier 1 emit in all formats (read-only: tests copy it)."""
-  plan = pipeline.make_plan(
+  plan = plan_lib.make_plan(
       tier="tier1", seed_base=0, train_size=300, eval_size=40,
       renders=("direct",), formats=("zarr", "jsonl", "parquet"),
       batch_size=256, vmap_rows=64, part_rows=128, chunk_rows=64)
-  return pipeline.run(plan, tmp_path_factory.mktemp("verify")).tier_dir
+  return emit_dataset(plan, tmp_path_factory.mktemp("verify")).tier_dir
 
 
 @pytest.fixture
@@ -115,11 +117,11 @@ def test_dataset_catches_extra_files(copy, capsys, extra):
 
 def test_dataset_unfinished_or_not_a_dataset(copy, tmp_path, capsys):
   (copy / "manifest.json").unlink()
-  (copy / pipeline.PARTIAL).mkdir()
+  (copy / layout.PARTIAL).mkdir()
   assert _verify_dataset(copy).status == 2
   assert "unfinished emit" in capsys.readouterr().out
   assert _verify_dataset(tmp_path / "nothing").status == 2
-  (copy / pipeline.PARTIAL).rmdir()
+  (copy / layout.PARTIAL).rmdir()
   assert _verify_dataset(copy).status == 2
   assert "no manifest.json" in capsys.readouterr().out
   (copy / "manifest.json").write_text("{not json")

@@ -33,7 +33,11 @@ from pathlib import Path
 from absl import app
 from absl import flags
 
-from tinyvm_jax._src.emit import pipeline
+from tinyvm_jax._src import checks
+from tinyvm_jax._src import compile_cache
+from tinyvm_jax._src.emit import coordination
+from tinyvm_jax._src.emit import plan as plan_lib
+from tinyvm_jax._src.emit import run as run_lib
 
 _TIERS = ("tier0", "tier1", "tier2")
 _DEVICES = ("cpu", "gpu", "tpu")
@@ -199,19 +203,10 @@ def _start_distributed() -> tuple[int, int]:
   if addr is not None and (":" not in addr or
                            not addr.rsplit(":", 1)[1].isdigit()):
     raise UserError(f"--coordinator_address={addr}: expected HOST:PORT")
-  import jax
-  # no cross-process collective is needed: barriers and the settings check
-  # go through the coordination service
-  try:
-    jax.distributed.initialize(coordinator_address=addr, num_processes=n,
-                               process_id=pid)
-  except Exception as e:  # pylint: disable=broad-except
-    msg = str(e).strip().splitlines()
-    raise RuntimeError("could not join the distributed runtime at "
-                       f"{addr}: {msg[0] if msg else type(e).__name__}"
-                       ) from None
-  _DISTRIBUTED.append(jax.process_index())
-  return jax.process_index(), jax.process_count()
+  pid, nproc = coordination.join(addr, n, pid)
+  coordination.quiet_native_stdout()   # stdout: the summary line only
+  _DISTRIBUTED.append(pid)
+  return pid, nproc
 
 
 def _check_out(out: str) -> Path:
@@ -277,8 +272,7 @@ def _settings():
   known = {"tier", "train_size", "eval_size", "renders", "batch_size",
            "vmap_rows", "part_rows", "chunk_rows", "zarr_codec"}
   max_classes = d.get("max_classes", 8)
-  if isinstance(max_classes, bool) or not isinstance(max_classes, int) or (
-      max_classes < 0):
+  if not checks.is_int(max_classes) or max_classes < 0:
     raise UserError(f"max_classes must be an integer >= 0, got "
                     f"{max_classes!r}")
   missing = sorted(known - set(d))
@@ -319,7 +313,7 @@ def main(argv) -> int:
     if FLAGS.out is None:
       raise UserError("--out is required")
     kwargs, config, max_classes = _settings()
-  except (UserError, pipeline.EmitError) as e:
+  except (UserError, plan_lib.EmitError) as e:
     _fail(str(e))
   _split_cpu()
   try:
@@ -331,33 +325,38 @@ def main(argv) -> int:
   try:
     devices = _select_devices(FLAGS.device, FLAGS.num_devices)
     out = _check_out(FLAGS.out)    # only once the devices are there
-    plan = pipeline.make_plan(**_auto_sizes(kwargs, devices[0].platform))
+    plan = plan_lib.make_plan(**_auto_sizes(kwargs, devices[0].platform))
     if ("parquet" in plan.formats
         and importlib.util.find_spec("pyarrow") is None):
       raise UserError("--formats=parquet needs pyarrow: pip install "
                       "'tinyvm_jax[parquet]' (or leave parquet out)")
-  except (UserError, pipeline.EmitError) as e:
+  except (UserError, plan_lib.EmitError) as e:
     _fail(str(e))
-  pipeline.enable_compile_cache(pipeline.default_compile_cache()
-                                if FLAGS.compile_cache is None
-                                else FLAGS.compile_cache)
+  compile_cache.enable_compile_cache(FLAGS.compile_cache)
   show = FLAGS.progress if FLAGS.progress is not None else sys.stderr.isatty()
   label = plan.tier.name if nproc == 1 else f"{plan.tier.name}[{pid}]"
   bar = _Bar(label, show)
   note = lambda s: print(f"emit: {s}", file=sys.stderr)
   try:
-    result = pipeline.run(plan, out, devices=devices, config=config,
-                          on_progress=bar, log=note, max_classes=max_classes)
+    result = run_lib.emit_dataset(plan, out, devices=devices, config=config,
+                                  on_progress=bar, log=note,
+                                  max_classes=max_classes)
   except KeyboardInterrupt:
     bar.close()
     _fail("interrupted; run the same command again to resume", 130)
-  except pipeline.EmitError as e:
+  except plan_lib.EmitError as e:
     bar.close()
     _fail(str(e), 1)
   except OSError as e:
     bar.close()
     _fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "), 1)
   bar.close()
+  print(_summary(plan, result, devices, pid, nproc))
+  return 0
+
+
+def _summary(plan, result, devices, pid: int, nproc: int) -> str:
+  """The one line the emit prints on success."""
   platform = devices[0].platform
   where = f"{len(devices)} {platform} devices" if len(devices) > 1 else (
       platform)
@@ -365,20 +364,18 @@ def main(argv) -> int:
     where += f" x {nproc} processes"
   rate = result.generated / result.seconds if result.seconds else 0.0
   if pid != 0:
-    print(f"{plan.tier.name}: process {pid} of {nproc} generated "
-          f"{result.generated:,} rows in {result.seconds:.1f} s "
-          f"({rate:,.0f} rows/s)")
-    return 0
+    return (f"{plan.tier.name}: process {pid} of {nproc} generated "
+            f"{result.generated:,} rows in {result.seconds:.1f} s "
+            f"({rate:,.0f} rows/s)")
   sizes = ", ".join(f"{f} {_human(result.bytes_by_format.get(f, 0))}"
                     for f in plan.formats)
   if nproc > 1:
     rate = result.rows / result.seconds if result.seconds else 0.0
   resumed = f", resumed ({result.generated:,} rows generated)" if (
       result.resumed) else ""
-  print(f"{plan.tier.name}: {result.rows:,} rows in {result.seconds:.1f} s "
-        f"({rate:,.0f} rows/s) on {where}{resumed}; {sizes} -> "
-        f"{result.tier_dir}")
-  return 0
+  return (f"{plan.tier.name}: {result.rows:,} rows in {result.seconds:.1f} s "
+          f"({rate:,.0f} rows/s) on {where}{resumed}; {sizes} -> "
+          f"{result.tier_dir}")
 
 
 def run() -> None:

@@ -884,6 +884,11 @@ def render(name: str, program: Program, trace: Trace, *, max_input_len: int,
                        literal_digits=literal_digits, **sizes)
 
 
+def output_width(value_digits: int = isa.MAX_VALUE_DIGITS) -> int:
+  """Tokens of one printed value: MINUS, `value_digits` digits, NEWLINE."""
+  return 1 + value_digits + 1
+
+
 def max_render_lengths(name: str, *, max_len: int, max_steps: int,
                        label_digits: int = isa.MAX_LABEL_DIGITS,
                        literal_digits: int = isa.MAX_LITERAL_DIGITS,
@@ -921,7 +926,7 @@ def max_render_lengths(name: str, *, max_len: int, max_steps: int,
                 value_digits=value_digits)
   instruction = instruction_width(label_digits, literal_digits)
   regfile = isa.NUM_REGS * (2 + 1 + value_digits)
-  output = 1 + value_digits + 1
+  output = output_width(value_digits)
   program = max_len * instruction
   if name == "direct":
     return 2 + program, 2 + outputs * output

@@ -28,8 +28,6 @@ from tinyvm_jax._src import keys as keys_lib
 from tinyvm_jax._src import render as render_lib
 from tinyvm_jax._src.types import Program, Render, Rows, Trace
 
-# Largest printed value: MINUS + 4 digits, then NEWLINE.
-_OUTPUT_TOKENS = 1 + 4 + 1
 _LITERAL_DIGITS = 3   # generated literals are in [-127, 127]
 
 
@@ -44,12 +42,14 @@ class Shapes:
 
   def token_lengths(self, render: str) -> tuple[int, int]:
     """(T_in, T_out): token lengths that every row's `render` fits."""
-    t_in, t_out = render_lib.max_render_lengths(
+    # the direct target holds only the printed values; the other renders'
+    # targets are bounded by their steps
+    outputs = (min(self.max_outputs, self.max_steps) if render == "direct"
+               else None)
+    return render_lib.max_render_lengths(
         render, max_len=self.max_len, max_steps=self.max_steps,
-        label_digits=self.label_digits, literal_digits=self.literal_digits)
-    if render == "direct":
-      t_out = min(t_out, 2 + self.max_outputs * _OUTPUT_TOKENS)
-    return t_in, t_out
+        label_digits=self.label_digits, literal_digits=self.literal_digits,
+        max_outputs=outputs)
 
   @property
   def max_input_len(self) -> int:
@@ -370,10 +370,31 @@ def generate(tier, seed_base: int, split: str, bucket: str | None,
                    renders=renders)
 
 
+def rebuild_row(tier: Tier, key_data: jax.Array, axes: jax.Array, *,
+                max_len: int) -> tuple[jax.Array, Program]:
+  """The program-rebuild kernel (in-graph, one row; vmap for batches):
+  every caller that regenerates programs from seeds uses it.
+
+  Args:
+    tier: the `Tier`.
+    key_data: [2] uint32 data of the row key (meta.seed's two words).
+    axes: [A] int32 axes the program is built at (a train row's drawn axes,
+      an eval row's bucket axes).
+    max_len: static program length `P`.
+
+  Returns:
+    ([A] int32 train axes drawn from the key, the [P] `Program` built from
+    the key at `axes`): what `make_row` computes for that key.
+  """
+  key = jax.random.wrap_key_data(key_data, impl=keys_lib.IMPL)
+  drawn = tier.sample_axes(keys_lib.axes_key(key))
+  return drawn, tier.program(keys_lib.program_key(key), axes,
+                             max_len=max_len)
+
+
 @functools.partial(jax.jit, static_argnames=("tier", "max_len"))
 def _build(tier, key_data, axes, *, max_len):
-  key = jax.random.wrap_key_data(key_data, impl=keys_lib.IMPL)
-  return tier.program(keys_lib.program_key(key), axes, max_len=max_len)
+  return rebuild_row(tier, key_data, axes, max_len=max_len)[1]
 
 
 @functools.partial(jax.jit, static_argnames=("tier",))

@@ -5,11 +5,12 @@ probe, and optionally the program rebuilt from `meta.seed`)."""
 import dataclasses
 import functools
 import itertools
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
 
+from tinyvm_jax._src import batching
 from tinyvm_jax._src import interpreter
 from tinyvm_jax._src import isa
 from tinyvm_jax._src import program as program_lib
@@ -27,10 +28,9 @@ class Mismatch:
   detail: str
 
 
-def round_up(x: int, m: int) -> int:
-  """x rounded up to a multiple of m, at least m (sizes of few
-  compilations)."""
-  return max(m, -(-x // m) * m)
+# rebuild(rows) -> for each row dict, its program rebuilt from its meta (an
+# instruction list), or the ValueError saying why it cannot be.
+Rebuild = Callable[[Sequence[dict]], Sequence[list | ValueError]]
 
 
 @functools.partial(jax.jit, static_argnames=("names", "max_steps", "sizes"))
@@ -71,10 +71,9 @@ def compare_trace(line: int, got: dict, want: Any, field: str = "trace"
       yield Mismatch(line, f"{field}.{key}", detail)
 
 
-def _check_batch(batch: list[tuple[int, dict]],
-                 rebuild: Callable[[dict], list] | None
-                 ) -> Iterator[Mismatch]:
-  parsed = []
+def _parse(batch: list[tuple[int, dict]], parsed: list) -> Iterator[Mismatch]:
+  """Appends (line, row, Program) of each well-formed row to `parsed`;
+  yields the others' mismatches."""
   for line, row in batch:
     missing = [k for k in _REQUIRED if k not in row]
     if missing:
@@ -86,13 +85,16 @@ def _check_batch(batch: list[tuple[int, dict]],
       yield Mismatch(line, "program", str(e))
       continue
     parsed.append((line, row, prog))
-  if not parsed:
-    return
-  max_len = round_up(max(int(p.length) for _, _, p in parsed), 64)
-  stored_steps = max(len(r["trace"].get("steps", []))
-                     for _, r, _ in parsed if isinstance(r["trace"], dict)) \
-      if any(isinstance(r["trace"], dict) for _, r, _ in parsed) else 0
-  max_steps = round_up(stored_steps + 1, 128)
+
+
+def _replayed(parsed: list) -> tuple[Any, dict]:
+  """(traces, {render: Render}) of the rows' programs, run and rendered in
+  one jitted call at sizes rounded up from the stored rows' (few
+  compilations)."""
+  max_len = batching.round_up(max(int(p.length) for _, _, p in parsed), 64)
+  traces = [r["trace"] for _, r, _ in parsed if isinstance(r["trace"], dict)]
+  stored_steps = max((len(t.get("steps", [])) for t in traces), default=0)
+  max_steps = batching.round_up(stored_steps + 1, 128)
   names = sorted({n for _, r, _ in parsed for n in r["renders"]
                   if n in render_lib.RENDERS})
   sizes = []
@@ -100,53 +102,70 @@ def _check_batch(batch: list[tuple[int, dict]],
     lens = [(len(r["renders"][name].get("input_ids", [])),
              len(r["renders"][name].get("target_ids", [])))
             for _, r, _ in parsed if name in r["renders"]]
-    sizes.append((round_up(max(a for a, _ in lens) + 1, 256),
-                  round_up(max(b for _, b in lens) + 1, 64)))
-  rows = len(parsed)
-  padded = round_up(rows, 64)
-  progs = [program_lib.pad_to(p, max_len) for _, _, p in parsed]
-  progs += [progs[-1]] * (padded - rows)
+    sizes.append((batching.round_up(max(a for a, _ in lens) + 1, 256),
+                  batching.round_up(max(b for _, b in lens) + 1, 64)))
+  padded = batching.round_up(len(parsed), 64)
+  progs = program_lib.stack([program_lib.pad_to(p, max_len)
+                             for _, _, p in parsed])
   steps = np.zeros(padded, np.int32)
   for i, (_, r, _) in enumerate(parsed):
     steps[i] = (r.get("probe") or {}).get("step_t", 0)
-  traces, renders = jax.device_get(_run_and_render(
-      program_lib.stack(progs), steps, names=tuple(names),
+  return jax.device_get(_run_and_render(
+      batching.pad_rows(progs, padded), steps, names=tuple(names),
       max_steps=max_steps, sizes=tuple(sizes)))
 
+
+def _compare_renders(line: int, row: dict, renders: dict, i: int
+                     ) -> Iterator[Mismatch]:
+  for name, stored in row["renders"].items():
+    if name not in render_lib.RENDERS:
+      yield Mismatch(line, f"renders.{name}", "unknown render")
+      continue
+    r = renders[name]
+    for part, tokens in (("input", r.input), ("target", r.target)):
+      n = int(tokens.length[i])
+      ids = tokens.ids[i, :n].tolist()
+      if ids != stored.get(f"{part}_ids"):
+        yield Mismatch(line, f"renders.{name}.{part}_ids",
+                       first_diff(ids, stored.get(f"{part}_ids") or []))
+      text = text_lib.detokenize(ids)
+      if text != stored.get(f"{part}_text"):
+        yield Mismatch(line, f"renders.{name}.{part}_text",
+                       f"got {text[:60]!r}..., stored "
+                       f"{str(stored.get(f'{part}_text'))[:60]!r}...")
+
+
+def _check_batch(batch: list[tuple[int, dict]], rebuild: Rebuild | None
+                 ) -> Iterator[Mismatch]:
+  parsed = []
+  yield from _parse(batch, parsed)
+  if not parsed:
+    return
+  traces, renders = _replayed(parsed)
+  rebuilt = (rebuild([row for _, row, _ in parsed]) if rebuild is not None
+             else None)
   for i, (line, row, _) in enumerate(parsed):
     trace = jax.tree_util.tree_map(lambda x, i=i: x[i], traces)
     got = interpreter.trace_to_json(trace)
     yield from compare_trace(line, got, row["trace"])
     if int(trace.error):
-      yield Mismatch(line, "trace", f"run ended in error: {isa.ERROR_MESSAGES[int(trace.error)]}")
-    for name, stored in row["renders"].items():
-      if name not in render_lib.RENDERS:
-        yield Mismatch(line, f"renders.{name}", "unknown render")
-        continue
-      r = renders[name]
-      for part, tokens in (("input", r.input), ("target", r.target)):
-        n = int(tokens.length[i])
-        ids = tokens.ids[i, :n].tolist()
-        if ids != stored.get(f"{part}_ids"):
-          yield Mismatch(line, f"renders.{name}.{part}_ids",
-                         first_diff(ids, stored.get(f"{part}_ids") or []))
-        text = text_lib.detokenize(ids)
-        if text != stored.get(f"{part}_text"):
-          yield Mismatch(line, f"renders.{name}.{part}_text",
-                         f"got {text[:60]!r}..., stored "
-                         f"{str(stored.get(f'{part}_text'))[:60]!r}...")
+      yield Mismatch(line, "trace", "run ended in error: "
+                     f"{isa.ERROR_MESSAGES[int(trace.error)]}")
+    yield from _compare_renders(line, row, renders, i)
     if "probe" in row:
       yield from _check_probe(line, row, got)
-    if rebuild is not None:
-      try:
-        rebuilt = rebuild(row)
-      except ValueError as e:
-        yield Mismatch(line, "meta", f"cannot rebuild: {e}")
-      else:
-        if rebuilt != row["program"]:
-          yield Mismatch(line, "program", "differs from the program rebuilt "
-                         "from meta.seed and meta.axes: "
-                         + first_diff(rebuilt, row["program"]))
+    if rebuilt is not None:
+      yield from _check_rebuilt(line, row, rebuilt[i])
+
+
+def _check_rebuilt(line: int, row: dict, rebuilt: list | ValueError
+                   ) -> Iterator[Mismatch]:
+  if isinstance(rebuilt, ValueError):
+    yield Mismatch(line, "meta", f"cannot rebuild: {rebuilt}")
+  elif rebuilt != row["program"]:
+    yield Mismatch(line, "program", "differs from the program rebuilt "
+                   "from meta.seed and meta.axes: "
+                   + first_diff(rebuilt, row["program"]))
 
 
 def _check_probe(line: int, row: dict, trace: dict) -> Iterator[Mismatch]:
@@ -164,15 +183,16 @@ def _check_probe(line: int, row: dict, trace: dict) -> Iterator[Mismatch]:
 
 
 def check_rows(rows: Iterable[tuple[int, dict[str, Any]]], *,
-               rebuild: Callable[[dict], list] | None = None,
+               rebuild: Rebuild | None = None,
                batch_size: int = 256) -> Iterator[Mismatch]:
   """Replays rows and yields every mismatch.
 
   Args:
     rows: (line number, row dict) pairs, e.g. from a JSONL file.
-    rebuild: optional function from a row to the program (instruction list)
-      rebuilt from its `meta.seed` and `meta.axes`; raises ValueError when it
-      cannot.
+    rebuild: optional function from a batch of row dicts to, for each, the
+      program (instruction list) rebuilt from its `meta.seed` and
+      `meta.axes`, or a ValueError saying why it cannot be
+      (`rebuild.Rebuilder`).
     batch_size: rows run together in one jitted call.
 
   Yields:

@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 MANIFEST = "manifest.json"
+# An unfinished emit's working directory in the tier directory: a tier
+# directory holding it and no manifest is an emit to resume, not a dataset.
+PARTIAL = ".partial"
 _BLOCK = 1 << 20
 
 
@@ -105,6 +108,15 @@ def build(*, tier: str, seed_base: int, files: Mapping[str, Mapping[str, Any]],
       "jax_version": jax.__version__,
       "device": device,
   }
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+  """Makes a written file's bytes durable."""
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -27,7 +27,8 @@ from tinyvm_jax._src import program as program_lib
 from tinyvm_jax._src import text as text_lib
 from tinyvm_jax._src import validate as validate_lib
 from tinyvm_jax._src.check.replay import Mismatch, compare_trace
-from tinyvm_jax._src.check.replay import first_diff, round_up
+from tinyvm_jax._src.check.replay import first_diff
+from tinyvm_jax._src.batching import round_up
 from tinyvm_jax._src.program import ProgramError
 from tinyvm_jax._src.userop import binding
 from tinyvm_jax._src.userop import formats

@@ -1,0 +1,251 @@
+"""The emit's writers: one a format, behind one `Writer` protocol.
+
+A writer gets each part's rows in batches, in any order of rows (a batch
+holds the rows of one row class: ascending positions, not contiguous), and
+makes the part durable in `end_part`, returning what the part's progress
+record keeps (under a key of its own). The run calls every writer from one
+thread of its own; a part is recorded once every writer has made it durable.
+"""
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+from typing import Mapping, Protocol
+
+import numpy as np
+
+from tinyvm_jax._src.emit import kernels
+from tinyvm_jax._src.emit import layout
+from tinyvm_jax._src.emit.plan import EmitError, FORMATS, Plan, SplitPlan
+from tinyvm_jax._src.io import manifest as manifest_lib
+from tinyvm_jax._src.io import rows as rows_lib
+from tinyvm_jax._src.io import zarr_store
+from tinyvm_jax._src.types import Rows
+
+
+class Writer(Protocol):
+  """Writes the parts of an emit in one format (or checks them)."""
+
+  def write(self, sp: SplitPlan, rows: Rows, positions: np.ndarray) -> None:
+    """Takes host `rows` [B] of split `sp` at its sizes; `positions` [B]:
+    their ascending row indices in the split, all in one part."""
+
+  def end_part(self, sp: SplitPlan, part: int) -> dict:
+    """Makes part `part` (every row of it written) durable; returns what
+    its progress record keeps."""
+
+  def close(self) -> None:
+    """Releases what is open (also after an error: nothing is committed)."""
+
+
+class JsonlWriter:
+  """Orders each part's lines and appends them to the process's current
+  piece of the split (`layout.jsonl_piece`), hashing as it goes. Progress
+  records, a part, its piece, the piece's length and hash after it: a
+  rerun continues a piece after its last recorded part (cutting off a torn
+  write), and a finished split of one piece needs no copy."""
+
+  def __init__(self, plan: Plan, work: Path, done: Mapping[str, dict]):
+    from tinyvm_jax._src.io import jsonl
+    self._jsonl = jsonl
+    self.plan, self.work, self.done = plan, work, done
+    self.lines, self.positions = [], []
+    self.file = None
+    self.key = None   # (split name, piece's first part, last part written)
+
+  def write(self, sp: SplitPlan, rows: Rows, positions: np.ndarray) -> None:
+    rows = rows_lib.widen(rows)
+    data = self._jsonl.rows_to_jsonl(
+        rows, tier=self.plan.tier.name, split=sp.split, bucket=sp.bucket,
+        axis_names=self.plan.tier.axis_names, render_names=self.plan.renders,
+        probe_step=rows_lib.probe_steps(self.plan.renders, rows))
+    lines = data.split(b"\n")
+    assert len(lines) == len(positions) + 1 and not lines[-1]
+    self.lines.extend(lines[:-1])
+    self.positions.append(positions)
+
+  def _open(self, sp: SplitPlan, part: int) -> None:
+    """Makes the piece that part `part` goes to the open file."""
+    if self.key is not None and self.key[0] == sp.name and (
+        self.key[2] == part - 1):
+      return
+    self._close_file()
+    first, end = layout.piece_to_continue(self.done, sp, part)
+    path = self.work / layout.jsonl_piece(sp, first)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    self.file = open(path, "r+b" if end else "wb")
+    self.hash = hashlib.sha256()
+    if end:
+      self.file.truncate(end)
+      left = end
+      while left:
+        block = self.file.read(min(left, 1 << 22))
+        if not block:
+          raise EmitError(f"{path}: shorter than its recorded "
+                          "progress")
+        self.hash.update(block)
+        left -= len(block)
+    self.file.seek(end)
+    self.bytes = end
+    self.key = (sp.name, first, part - 1)
+
+  def end_part(self, sp: SplitPlan, part: int) -> dict:
+    self._open(sp, part)
+    order = np.argsort(np.concatenate(self.positions), kind="stable")
+    data = b"\n".join([self.lines[i] for i in order]) + b"\n"
+    self.lines, self.positions = [], []
+    self.file.write(data)
+    self.hash.update(data)
+    self.bytes += len(data)
+    self.file.flush()
+    os.fsync(self.file.fileno())
+    self.key = (sp.name, self.key[1], part)
+    return {"jsonl": {"rows": len(order), "piece": self.key[1],
+                      "end": self.bytes, "sha256": self.hash.hexdigest()}}
+
+  def _close_file(self) -> None:
+    if self.file is not None:
+      self.file.close()
+    self.file, self.key = None, None
+
+  def close(self) -> None:
+    self.lines, self.positions = [], []
+    self._close_file()
+
+
+class ParquetWriter:
+  """One Parquet file a part: `.partial/data/<split>-<part>-of-<n>.parquet`
+  (written under a temporary name, then renamed)."""
+
+  def __init__(self, plan: Plan, work: Path, done: Mapping[str, dict]):
+    from tinyvm_jax._src.io import parquet
+    self._parquet = parquet
+    self.plan, self.work = plan, work
+    self.tables, self.positions = [], []
+
+  def write(self, sp: SplitPlan, rows: Rows, positions: np.ndarray) -> None:
+    rows = rows_lib.widen(rows)
+    self.tables.append(self._parquet.rows_to_table(
+        rows, tier=self.plan.tier.name, split=sp.split, bucket=sp.bucket,
+        axis_names=self.plan.tier.axis_names, render_names=self.plan.renders,
+        probe_step=rows_lib.probe_steps(self.plan.renders, rows)))
+    self.positions.append(positions)
+
+  def _part_table(self):
+    """The part's rows in index order: slices of the batches' tables, a
+    run of rows of one batch each (`take` changes how Arrow lays out the
+    nested columns, and with it the file's bytes; slices do not)."""
+    import pyarrow as pa
+    pos = np.concatenate(self.positions)
+    batch = np.concatenate([np.full(len(p), i) for i, p in
+                            enumerate(self.positions)])
+    row = np.concatenate([np.arange(len(p)) for p in self.positions])
+    order = np.argsort(pos, kind="stable")
+    b, r = batch[order], row[order]
+    starts = np.flatnonzero(np.r_[True, (b[1:] != b[:-1])
+                                  | (r[1:] != r[:-1] + 1)])
+    ends = np.r_[starts[1:], len(order)]
+    table = pa.concat_tables([self.tables[b[i]].slice(r[i], e - i)
+                              for i, e in zip(starts, ends)])
+    # one chunk a column: the writer's dictionary-page fallback on long
+    # string columns (Tier 2 cot text) depends on how the rows are chunked
+    return table.combine_chunks()
+
+  def end_part(self, sp: SplitPlan, part: int) -> dict:
+    rel = sp.parquet(part, self.plan.part_rows)
+    path = self.work / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    table = self._part_table()
+    self.tables, self.positions = [], []
+    self._parquet.write_parquet(table, tmp)
+    manifest_lib.fsync_file(tmp)
+    os.replace(tmp, path)
+    manifest_lib.fsync_dir(path.parent)
+    digest, size, _ = manifest_lib.sha256_file(path)
+    return {"files": {rel: {"rows": table.num_rows, "sha256": digest,
+                            "bytes": size}}}
+
+  def close(self) -> None:
+    self.tables, self.positions = [], []
+
+
+class ZarrWriter:
+  """A group a split in `.partial/rows.zarr`, one shard a part. A part's
+  rows arrive in batches of one row class each (scattered positions, the
+  class's sizes); they are placed into a buffer of the part at the split's
+  sizes, filled with each array's padding value, which is written in one
+  contiguous write when the part ends (tensorstore writes contiguous boxes
+  far faster than index arrays)."""
+
+  def __init__(self, plan: Plan, work: Path, done: Mapping[str, dict]):
+    self.plan = plan
+    self.root = work / zarr_store.STORE_NAME
+    self.groups = {}
+    self.buffer, self.start, self.kept = None, 0, None
+
+  def _group(self, sp: SplitPlan) -> zarr_store.GroupWriter:
+    if sp.name not in self.groups:
+      attrs = {"split": sp.split, "bucket": sp.bucket, "rows": sp.num_rows,
+               "axis_names": list(self.plan.tier.axis_names),
+               "renders": list(self.plan.renders),
+               "shapes": dataclasses.asdict(sp.shapes)}
+      self.groups[sp.name] = zarr_store.GroupWriter(
+          self.root, sp.name, sp.num_rows,
+          kernels.example_arrays(self.plan, sp),
+          part_rows=self.plan.part_rows, chunk_rows=self.plan.chunk_rows,
+          codec=self.plan.codec, attributes=attrs)
+    return self.groups[sp.name]
+
+  def write(self, sp: SplitPlan, rows: Rows, positions: np.ndarray) -> None:
+    arrays = zarr_store.rows_to_arrays(rows)
+    if self.buffer is None:
+      part = positions[0] // self.plan.part_rows
+      lo, hi = sp.part_range(part, self.plan.part_rows)
+      self.start = lo
+      self.buffer = self._fresh_buffer(sp, hi - lo)
+    rel = np.asarray(positions) - self.start
+    for name, x in arrays.items():
+      buf = self.buffer[name]
+      if x.shape[1:] == buf.shape[1:] and rel[-1] - rel[0] + 1 == rel.size:
+        buf[rel[0]:rel[-1] + 1] = x
+        continue
+      cut = tuple(slice(0, d) for d in x.shape[1:])
+      for i, r in enumerate(rel):   # a row at a time: numpy's fancy
+        buf[(r,) + cut] = x[i]      # indexing is far slower here
+
+  def _fresh_buffer(self, sp: SplitPlan, n: int) -> dict[str, np.ndarray]:
+    """A part's buffer, all padding. The split's buffer is kept and
+    refilled: writing fresh pages costs more than filling resident ones."""
+    if self.kept is None or self.kept[0] != sp.name:
+      self.kept = (sp.name, {
+          name: np.empty((self.plan.part_rows,) + x.shape[1:], x.dtype)
+          for name, x in kernels.example_arrays(self.plan, sp).items()})
+    out = {}
+    for name, buf in self.kept[1].items():
+      buf[:n] = zarr_store.fill_value(name)
+      out[name] = buf[:n]
+    return out
+
+  def end_part(self, sp: SplitPlan, part: int) -> dict:
+    group = self._group(sp)
+    group.write(self.start, self.buffer)   # copied into the transaction
+    self.buffer = None
+    group.commit_part()
+    return {}
+
+  def close(self) -> None:
+    for g in self.groups.values():
+      g.abort()
+    self.groups, self.buffer, self.kept = {}, None, None
+
+
+_MAKERS = {"zarr": ZarrWriter, "jsonl": JsonlWriter, "parquet": ParquetWriter}
+
+
+def make_writers(plan: Plan, work: Path, done: Mapping[str, dict]
+                 ) -> list[Writer]:
+  """The writers of the plan's formats, in `FORMATS` order, writing under
+  `work` (`.partial`); `done`: the parts recorded before this run."""
+  return [_MAKERS[f](plan, work, done) for f in FORMATS if f in plan.formats]
