@@ -10,8 +10,8 @@ import pytest
 from conftest import DATA, row_files
 from tinyvm_jax._src.io import jsonl
 
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tinyvm_jax._src.io import parquet
 
 
@@ -94,7 +94,7 @@ def test_given_texts_and_empty_batch():
 
 
 def test_datasets_reads_it(tmp_path):
-  datasets = pytest.importorskip("datasets")
+  import datasets   # the hub extra (the README's test install has it)
   raw, batch = load("tier2_eval_easy")
   path = tmp_path / "rows.parquet"
   parquet.write_parquet(table_of(batch), path)

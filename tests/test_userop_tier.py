@@ -168,7 +168,7 @@ def test_checker_finds_an_axis_only_the_seed_tells():
 
 # ------------------------------------------------------------ formats
 def test_parquet_rows_equal_json_and_replay(tmp_path):
-  pytest.importorskip("pyarrow")
+
   batch, json_rows = rows("train", None, N_TRAIN)
   table = formats.rows_to_table(batch, split="train", bucket=None)
   assert table.schema == formats.schema()
@@ -195,7 +195,7 @@ def _write_store(root, groups):
 
 
 def test_zarr_rows_read_back_and_replay(tmp_path):
-  pytest.importorskip("tensorstore")
+
   train, json_rows = rows("train", None, N_TRAIN)
   ev, _ = rows("eval", "max_k1", 8)
   root = tmp_path / zarr_store.STORE_NAME
@@ -212,7 +212,7 @@ def test_zarr_rows_read_back_and_replay(tmp_path):
 
 
 def test_zarr_finds_a_corrupted_row(tmp_path):
-  pytest.importorskip("tensorstore")
+
   train, _ = rows("train", None, N_TRAIN)
   bad = jax.tree_util.tree_map(np.copy, train)
   bad.trace.output[5, -1, 0] += 1

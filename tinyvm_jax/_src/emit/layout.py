@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping
 
 from tinyvm_jax._src.emit.plan import DATA_DIR, EVAL_DIR, EmitError, Plan
 from tinyvm_jax._src.emit.plan import SplitPlan
+from tinyvm_jax._src.io import hub
 from tinyvm_jax._src.io import manifest as manifest_lib
 from tinyvm_jax._src.io import zarr_store
 
@@ -122,21 +123,23 @@ def root_attributes(plan: Plan) -> dict:
       "groups": {s.name: s.num_rows for s in plan.splits}}}
 
 
-def hub_readme(plan: Plan) -> str:
-  """README.md whose YAML `configs` name the Parquet files of each split,
-  so `datasets.load_dataset(dir)` reads them (and not the JSONL files)."""
-  lines = ["---", "configs:", "- config_name: default", "  data_files:"]
+def hub_readme(plan: Plan, files: Mapping[str, Mapping[str, Any]]) -> str:
+  """The dataset card of the Parquet files (`io/hub.py`): YAML `configs`
+  naming each split's files, so `datasets.load_dataset(dir)` reads them
+  (and not the JSONL files), and `dataset_info` with every split's rows
+  and bytes (from the Parquet file entries `files`)."""
+  splits = []
   for s in plan.splits:
-    lines += [f"  - split: {s.hf_split}",
-              f"    path: {DATA_DIR}/{s.hf_split}-*.parquet"]
-  lines += ["---", "", f"# Tiny-VM {plan.tier.name}", "",
-            f"Rows of the Tiny-VM {plan.tier.name} dataset, seed base "
-            f"{plan.seed_base}, written by tinyvm_jax "
-            f"{manifest_lib.package_version()}. Columns: meta, program, "
-            "trace, renders (the reference's JSONL row schema).", "",
-            "| split | rows |", "|---|---:|"]
-  lines += [f"| {s.hf_split} | {s.num_rows} |" for s in plan.splits]
-  return "\n".join(lines) + "\n"
+    prefix = f"{DATA_DIR}/{s.hf_split}-"
+    size = sum(int(e["bytes"]) for rel, e in files.items()
+               if rel.startswith(prefix))
+    splits.append(hub.CardSplit(s.hf_split, s.num_rows, size))
+  fingerprint = hub.rows_fingerprint(
+      tier=plan.tier.name, seed_base=plan.seed_base, renders=plan.renders,
+      splits=[(s.name, s.num_rows) for s in plan.splits])
+  return hub.dataset_card(tier=plan.tier.name, seed_base=plan.seed_base,
+                          fingerprint=fingerprint, splits=splits,
+                          version=manifest_lib.package_version())
 
 
 def _remove(path: Path) -> None:
@@ -174,8 +177,6 @@ def prepare(plan: Plan, tier_dir: Path, log: Callable[[str], None]) -> bool:
   if "zarr" in plan.formats:
     zarr_store.write_group(work / zarr_store.STORE_NAME,
                            root_attributes(plan))
-  if "parquet" in plan.formats:
-    (work / README).write_text(hub_readme(plan))
   manifest_lib.write_atomic(work / FINGERPRINT, plan.fingerprint().encode())
   return False
 
@@ -298,6 +299,8 @@ def _file_entries(plan: Plan, work: Path, done: Mapping[str, dict]) -> dict:
   if "parquet" in plan.formats:
     for sp, k in plan.parts():
       files.update(done[part_key(sp, k)].get("files", {}))
+    manifest_lib.write_atomic(work / README,
+                              hub_readme(plan, files).encode())
     digest, size, _ = manifest_lib.sha256_file(work / README)
     files[README] = {"rows": 0, "sha256": digest, "bytes": size}
   if "zarr" in plan.formats:

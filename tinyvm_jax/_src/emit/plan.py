@@ -18,7 +18,7 @@ from tinyvm_jax._src.io import manifest as manifest_lib
 from tinyvm_jax._src.io import zarr_store
 
 FORMATS = ("zarr", "jsonl", "parquet")
-DATA_DIR = "data"          # Parquet files
+from tinyvm_jax._src.io.hub import DATA_DIR   # Parquet files (re-exported)
 EVAL_DIR = "eval"          # JSONL eval files
 
 
