@@ -36,6 +36,7 @@ from absl import flags
 from tinyvm_jax._src import checks
 from tinyvm_jax._src import compile_cache
 from tinyvm_jax._src.emit import coordination
+from tinyvm_jax._src.emit import layout
 from tinyvm_jax._src.emit import plan as plan_lib
 from tinyvm_jax._src.emit import run as run_lib
 
@@ -347,8 +348,15 @@ def main(argv) -> int:
   except plan_lib.EmitError as e:
     bar.close()
     _fail(str(e), 1)
-  except OSError as e:
+  except (OSError, ValueError) as e:
     bar.close()
+    tier_dir = out / plan.tier.name
+    if layout.is_disk_full(e):
+      _fail(f"no space left on the device of {tier_dir} "
+            f"({layout.space_report(plan, tier_dir)}); free some space and "
+            "run the same command again to resume", 1)
+    if isinstance(e, ValueError):
+      raise
     _fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "), 1)
   bar.close()
   print(_summary(plan, result, devices, pid, nproc))

@@ -23,10 +23,13 @@ same command continues from:
               manifest means the emit did not finish.
 """
 
+import datetime
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -47,6 +50,46 @@ README = "README.md"
 OUTPUT_NAMES = ("train.jsonl", EVAL_DIR, DATA_DIR, README,
                 zarr_store.STORE_NAME)
 _BLOCK = 1 << 22
+
+
+# ----------------------------------------------------------------- lock
+class EmitLock:
+  """Process 0's exclusive hold on `out_dir/<tier>` for one emit.
+
+  The lock is `out_dir/.<tier>.lock` (beside the tier directory, so it is
+  never part of the dataset), held with `flock` while the emit runs and
+  released by the kernel if the process dies. A second emit into the same
+  folder refuses at once with an `EmitError` naming the holder (pid, host,
+  start time), instead of wiping the first one's `.partial`.
+  """
+
+  def __init__(self, out_dir: Path, tier: str):
+    self.path = Path(out_dir) / f".{tier}.lock"
+    self.tier_dir = Path(out_dir) / tier
+    self._fd: int | None = None
+
+  def __enter__(self) -> "EmitLock":
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = os.read(fd, 200).decode(errors="replace").strip()
+      os.close(fd)
+      raise EmitError(f"another emit is writing into {self.tier_dir} "
+                      f"({holder or 'holder unknown'}); wait for it or stop "
+                      "it first") from None
+    now = datetime.datetime.now().isoformat(timespec="seconds")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started "
+                 f"{now}".encode())
+    self._fd = fd
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._fd is not None:
+      os.close(self._fd)     # releases the flock
+      self._fd = None
 
 
 # ----------------------------------------------------------------- parts
@@ -351,6 +394,34 @@ def finish(plan: Plan, tier_dir: Path, platform: str,
   shutil.rmtree(work)
   manifest_lib.fsync_dir(tier_dir)
   return files
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """Whether `error` (an OSError, or tensorstore's ValueError) says the
+  device ran out of space."""
+  import errno
+  if isinstance(error, OSError) and error.errno in (errno.ENOSPC,
+                                                    errno.EDQUOT):
+    return True
+  return "No space left on device" in str(error) or (
+      "RESOURCE_EXHAUSTED" in str(error) and "space" in str(error))
+
+
+def space_report(plan: Plan, tier_dir: Path) -> str:
+  """'about X more needed, Y free': X estimated from the bytes a row took
+  so far (the recorded parts) times the rows still to write."""
+  work = tier_dir / PARTIAL
+  free = shutil.disk_usage(tier_dir if tier_dir.exists()
+                           else tier_dir.parent).free
+  written = sum(f.stat().st_size for f in work.rglob("*") if f.is_file()
+                ) if work.exists() else 0
+  rows = sum(int(v.get("rows", 0)) for v in done_parts(
+      work, plan.fingerprint()).values()) if work.exists() else 0
+  free_text = f"{free / 1e6:,.0f} MB free"
+  if not rows:
+    return free_text
+  need = written / rows * (plan.total_rows - rows)
+  return f"about {need / 1e6:,.0f} MB more needed, {free_text}"
 
 
 def bytes_by_format(files: Mapping[str, Mapping[str, Any]]) -> dict:

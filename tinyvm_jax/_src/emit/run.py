@@ -10,6 +10,7 @@ their positions and writes the part. Memory is bounded by the queues, a few
 batches and one part, whatever the dataset size.
 """
 
+import contextlib
 import dataclasses
 import queue
 import threading
@@ -322,7 +323,19 @@ def emit_dataset(plan: Plan, out_dir, *,
     if nproc > 1:
       coordination.check_same_settings(plan.fingerprint())
   devices = list(devices) if devices else jax.local_devices()
-  tier_dir = Path(out_dir) / plan.tier.name
+  lock = (layout.EmitLock(Path(out_dir), plan.tier.name) if pid == 0
+          else contextlib.nullcontext())
+  with lock:
+    return _emit(plan, Path(out_dir) / plan.tier.name, pid, nproc,
+                 t_start=t_start, devices=devices, config=config,
+                 on_progress=on_progress, log=log, barrier=barrier,
+                 max_classes=max_classes, extra_writers=extra_writers)
+
+
+def _emit(plan: Plan, tier_dir: Path, pid: int, nproc: int, *, t_start,
+          devices, config, on_progress, log, barrier, max_classes,
+          extra_writers) -> Result:
+  """`emit_dataset`'s states in order (process 0 holding the lock)."""
   resumed = False
   if pid == 0:
     tier_dir.mkdir(parents=True, exist_ok=True)
