@@ -273,3 +273,11 @@ def test_replay_userop_rows_and_a_corrupted_one(tmp_path):
   res = _cli("--replay", str(bad))
   assert res.returncode == 1
   assert f"{bad}:3: renders.userop_direct" in res.stdout + res.stderr
+
+
+def test_cli_replay_says_how_far_it_got_on_stderr():
+  path = DATA / "tier0_eval_all.jsonl.gz"
+  r = _cli("--replay", str(path))
+  assert r.returncode == 0, r.stdout + r.stderr
+  assert r.stdout.strip().endswith("ok")
+  assert f"verify: {path}: 300 rows replayed in " in r.stderr

@@ -9,6 +9,7 @@ import dataclasses
 import itertools
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -162,12 +163,19 @@ def _mismatches(source: Iterator, *, rebuild: bool, batch_size: int):
 
 def _replay_rows(name: str, rows: Iterator, report: Report, *,
                  rebuild: bool, batch_size: int) -> None:
-  """Replays the dict rows of one JSONL or Parquet file."""
+  """Replays the dict rows of one JSONL or Parquet file, saying on stderr
+  how far it got every `_NOTE_SECONDS` and when it is done."""
   counted = [0]
+  t0 = last = time.perf_counter()
 
   def count(it):
+    nonlocal last
     for item in it:
       counted[0] += 1
+      now = time.perf_counter()
+      if now - last > _NOTE_SECONDS:
+        last = now
+        _note(f"{name}: {counted[0]:,} rows replayed ({now - t0:.0f} s)")
       yield item
   try:
     for m in _mismatches(count(rows), rebuild=rebuild,
@@ -179,6 +187,16 @@ def _replay_rows(name: str, rows: Iterator, report: Report, *,
     report.bad_input(f"{name}: {e.strerror or e}")
   report.rows += counted[0]
   report.files += 1
+  _note(f"{name}: {counted[0]:,} rows replayed in "
+        f"{time.perf_counter() - t0:.1f} s")
+
+
+_NOTE_SECONDS = 15.0
+
+
+def _note(line: str) -> None:
+  """A progress line on stderr (stdout holds the problems and the result)."""
+  print(f"verify: {line}", file=sys.stderr, flush=True)
 
 
 def _replay_zarr(path: Path, report: Report, *, rebuild: bool,
@@ -192,9 +210,14 @@ def _replay_zarr(path: Path, report: Report, *, rebuild: bool,
     else:
       found = ((m.group, m) for m in replay_zarr.zarr_replay(
           store, rebuild=rebuild, batch_size=max(batch_size, 1024)))
+    t0 = time.perf_counter()
+    rows = sum(store.groups.values())
+    _note(f"{path}: replaying {rows:,} rows of {len(store.groups)} groups")
     for group, m in found:
       report.problem(f"{path}/{group}:{m.line}: {m.field}: {m.detail}")
-    report.rows += sum(store.groups.values())
+    report.rows += rows
+    _note(f"{path}: {rows:,} rows replayed in "
+          f"{time.perf_counter() - t0:.1f} s")
   except (zarr_store.StoreError, ValueError, KeyError, OSError) as e:
     report.bad_input(f"{path}: unreadable zarr store ({e})")
   report.files += 1
