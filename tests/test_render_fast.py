@@ -1,7 +1,8 @@
-"""The windowed renders (labelled direct, cot full and modified, probe_query)
-against the slot path (`compact`), token for token and length for length:
-every reference row of tests/data, generated Tier 2 rows, random programs
-(labels, negative and extreme values) and truncation at small lengths."""
+"""The package's renders (direct, cot full and modified, probe_query; with
+and without labels) against the slot layout of tests/render_slots.py, token
+for token and length for length: every reference row of tests/data,
+generated Tier 2 rows, random programs (labels, negative and extreme values)
+and truncation at small lengths."""
 
 import functools
 
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import render_slots
 from conftest import load_rows, row_files
 from tinyvm_jax._src import interpreter
 from tinyvm_jax._src import isa
@@ -20,11 +22,11 @@ from tinyvm_jax._src.types import Program
 
 NAMES = ("direct", "cot", "cot_modified", "probe_query")
 SLOTS = {
-    "direct": render_lib._render_direct_slots,
-    "cot": functools.partial(render_lib._render_cot_slots, mode="full"),
-    "cot_modified": functools.partial(render_lib._render_cot_slots,
+    "direct": render_slots.render_direct,
+    "cot": functools.partial(render_slots.render_cot, mode="full"),
+    "cot_modified": functools.partial(render_slots.render_cot,
                                       mode="modified"),
-    "probe_query": render_lib._render_probe_query_slots,
+    "probe_query": render_slots.render_probe_query,
 }
 # truncated (T_in, T_out): renders cut in the middle (the edge case below
 # cuts one program everywhere)
@@ -33,8 +35,8 @@ SMALL = ((16, 40),)
 
 @functools.partial(jax.jit, static_argnames=("name", "sizes", "digits"))
 def _both(programs, traces, steps, *, name, sizes, digits):
-  """(windowed, slot) renders of every row at each (T_in, T_out) of
-  `sizes`, the windowed ones under the promise `digits`."""
+  """(package, slot) renders of every row at each (T_in, T_out) of
+  `sizes`, the package's under the promise `digits`."""
   def one(program, trace, step):
     new, old = [], []
     for t_in, t_out in sizes:
@@ -268,7 +270,7 @@ def test_instruction_windows_equal_slots():
   toks, count, ok = jax.jit(functools.partial(
       render_lib.instruction_windows, label_digits=2, literal_digits=3))(
           program)
-  slot_t, slot_m = jax.jit(render_lib.instruction_slots)(program)
+  slot_t, slot_m = jax.jit(render_slots.instruction_slots)(program)
   assert bool(ok)
   assert toks.shape == (16, render_lib.instruction_width(2, 3)) == (16, 14)
   for i in range(16):
@@ -282,7 +284,7 @@ def test_register_windows():
   show = jnp.array([[True, True, False, True, True, False, True, False]])
   windows = jax.jit(render_lib.register_windows)
   toks, count, ok = windows(regs, show)
-  slot_t, slot_m = jax.jit(render_lib.register_slots)(regs, show)
+  slot_t, slot_m = jax.jit(render_slots.register_slots)(regs, show)
   want = np.asarray(slot_t[0])[np.asarray(slot_m[0])].tolist() + [
       isa.TOK_NEWLINE]
   assert np.asarray(toks[0, :int(count[0])]).tolist() == want
