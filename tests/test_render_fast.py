@@ -17,6 +17,7 @@ from tinyvm_jax._src import interpreter
 from tinyvm_jax._src import isa
 from tinyvm_jax._src import program as program_lib
 from tinyvm_jax._src import render as render_lib
+from tinyvm_jax._src import render_windows
 from tinyvm_jax._src import tiers
 from tinyvm_jax._src.types import Program
 
@@ -193,6 +194,22 @@ def test_random_programs():
                 literal_digits=3)
 
 
+def test_no_promise():
+  # literal_digits=0 promises nothing: the slot layout's tokens and true
+  # lengths for 4-digit labels and literals too, and no overflow
+  rng = np.random.default_rng(1)
+  programs = random_programs(rng, 64, 12, label_hi=10000)
+  load = np.asarray(programs.op) == isa.LOAD
+  programs = programs.replace(lit=np.where(load, rng.choice(
+      np.array([9999, -9999, 1000, -5, 0]), load.shape), 0).astype(np.int32))
+  traces = _run(programs, max_steps=24)
+  steps = rng.integers(0, 24, 64).astype(np.int32)
+  for name in NAMES:
+    sizes = (_max_sizes(name, 12, 24, 4, 4), (16, 9))
+    assert_same(name, programs, traces, steps, sizes, label_digits=0,
+                literal_digits=0)
+
+
 def _ins(op, *args, label=None, target=None):
   return {"op": op, "args": list(args), "label": label, "target": target}
 
@@ -268,11 +285,11 @@ def test_instruction_windows_equal_slots():
   programs, _, _ = edge_rows()
   program = jax.tree_util.tree_map(lambda x: x[0], programs)
   toks, count, ok = jax.jit(functools.partial(
-      render_lib.instruction_windows, label_digits=2, literal_digits=3))(
+      render_windows.instruction_windows, label_digits=2, literal_digits=3))(
           program)
   slot_t, slot_m = jax.jit(render_slots.instruction_slots)(program)
   assert bool(ok)
-  assert toks.shape == (16, render_lib.instruction_width(2, 3)) == (16, 14)
+  assert toks.shape == (16, render_windows.instruction_width(2, 3)) == (16, 14)
   for i in range(16):
     want = np.asarray(slot_t[i])[np.asarray(slot_m[i])].tolist()
     assert np.asarray(toks[i, :int(count[i])]).tolist() == want
@@ -282,7 +299,7 @@ def test_instruction_windows_equal_slots():
 def test_register_windows():
   regs = jnp.array([[0, 5, -3, 1023, -1024, 10, -99, 100]], jnp.int32)
   show = jnp.array([[True, True, False, True, True, False, True, False]])
-  windows = jax.jit(render_lib.register_windows)
+  windows = jax.jit(render_windows.register_windows)
   toks, count, ok = windows(regs, show)
   slot_t, slot_m = jax.jit(render_slots.register_slots)(regs, show)
   want = np.asarray(slot_t[0])[np.asarray(slot_m[0])].tolist() + [
