@@ -10,6 +10,8 @@ exact. The widths come from a static promise on the programs
 `label_digits == 0`) get windows with no label slots and a cheaper build.
 Each builder also says whether its input kept the promise, so a render can
 turn a break into an overflowing length for the host to reject.
+`instruction_slots`, `output_slots` and `compact` give the same windows as
+(tokens, mask) for callers that build sequences by masking (userop).
 """
 
 import functools
@@ -127,9 +129,13 @@ def _pick(j: jax.Array, pieces) -> tuple[jax.Array, jax.Array]:
   return packed, start
 
 
-def _token(packed: jax.Array, k: jax.Array) -> jax.Array:
-  """Token `k` >= 0 of packed pieces (0 past their tokens: XLA defines a
-  shift past the width, 0 for these non-negative pieces)."""
+def _token(packed: jax.Array, k: jax.Array, most: int) -> jax.Array:
+  """Token `k` >= 0 of packed pieces (0 past their tokens), `k` at most
+  `most` (static). Shifts stay below 32 bits: `k` is clamped to 5 when it
+  can pass it (a clamp is cheaper than XLA's out-of-range shift, and is
+  left out where it is not needed, the Tier 0/1 hot path)."""
+  if most > 5:
+    k = jnp.minimum(k, 5)
   return (packed >> (6 * k)) & 63
 
 
@@ -192,7 +198,7 @@ def instruction_windows(program: Program, *, label_digits: int,
   if label_digits == 0:   # pieces OP R.., `MINUS? d..`; then NEWLINE
     s_nl = n_op + n_lit
     packed, start = _pick(j, [(col(p_op), 0), (col(p_lit), col(n_op))])
-    toks = _token(packed, j - start)
+    toks = _token(packed, j - start, w - 2)   # the literal starts at 1 or more
     bad |= has_lab | has_tgt
   else:   # pieces `L d..` (+ COLON), OP R.., `MINUS? d..`, `L d..`; NEWLINE
     hi = 10 ** label_digits - 1
@@ -209,7 +215,7 @@ def instruction_windows(program: Program, *, label_digits: int,
         (col(p_lab), 0), (col(p_op), col(n_lab)), (col(p_lit), col(s_lit)),
         (col(p_tgt), col(s_tgt))])
     toks = jnp.where(col(live & has_lab) & (j == col(n_lab) - 1),
-                     isa.TOK_COLON, _token(packed, j - start))
+                     isa.TOK_COLON, _token(packed, j - start, w - 1))
     bad |= (program.label > hi) | (program.target_label > hi)
   toks = jnp.where(j == col(jnp.where(live, s_nl, -1)), isa.TOK_NEWLINE, toks)
   count = jnp.where(live, s_nl + 1, 0)
