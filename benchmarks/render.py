@@ -1,13 +1,13 @@
-"""Renders alone: the slot path (`compact`) against the windowed path.
+"""Renders alone: the slot layout (`compact`) against the package's windows.
 
 Generates a batch of real rows of a tier's split once (`tiers.generate`
 with no renders: programs and traces at the split's own sizes), then times
 each render alone: one jitted function mapping the per-example render over
 the rows, `--vmap` rows at a time (`lax.map`, as the emit pipeline does).
 Reports compile time and the best of `--repeats` runs in microseconds a row,
-for the old slot path and the new windowed path, checks that both give the
-same tokens on the batch, and prints the load average. Ends with one JSON
-line.
+for the old slot layout (tests/render_slots.py, the tests' reference) and
+the package's renders ("new"), checks that both give the same tokens on the
+batch, and prints the load average. Ends with one JSON line.
 
   python benchmarks/render.py                         # tier2 eval 'hard'
   python benchmarks/render.py --bucket=easy --renders=cot
@@ -18,6 +18,7 @@ import argparse
 import functools
 import json
 import os
+import sys
 import time
 
 import jax
@@ -26,10 +27,15 @@ import numpy as np
 from tinyvm_jax._src import render as render_lib
 from tinyvm_jax._src import tiers
 
+# the slot layout lives in tests/ as the tests' reference implementation
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                os.pardir, "tests"))
+import render_slots  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 OLD = {
-    "direct": lambda p, t, **kw: render_lib._render_direct_slots(p, t, **kw),
-    "cot": functools.partial(render_lib._render_cot_slots, mode="full"),
-    "cot_modified": functools.partial(render_lib._render_cot_slots,
+    "direct": render_slots.render_direct,
+    "cot": functools.partial(render_slots.render_cot, mode="full"),
+    "cot_modified": functools.partial(render_slots.render_cot,
                                       mode="modified"),
 }
 

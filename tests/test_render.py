@@ -11,9 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import render_slots
 from tinyvm_jax._src import interpreter, isa
 from tinyvm_jax._src import program as prog
 from tinyvm_jax._src import render as R
+from tinyvm_jax._src import render_windows
 from tinyvm_jax._src.text import detokenize, detokenize_batch
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -213,9 +215,27 @@ def test_probe_step_out_of_range_is_empty(step):
 
 def test_number_tokens():
   values = jnp.array([0, 7, -42, 1023, -1024, 100, 9999])
-  toks, mask = R.number_slots(values)
+  toks, mask = render_slots.number_slots(values)   # the tests' reference
   for v, t, m in zip(values.tolist(), np.asarray(toks), np.asarray(mask)):
     assert t[m].tolist() == prog.number_tokens(v)
+  # the package's windows: output values, and literals as LOAD operands
+  n = values.shape[0]
+  program = prog.from_json([{"op": "LOAD", "args": [0, v], "label": None,
+                             "target": None} for v in values.tolist()],
+                           max_len=n)
+  trace = interpreter.run(jax.tree_util.tree_map(jnp.asarray, program),
+                          max_steps=n).replace(output=values,
+                                               num_output=jnp.int32(n))
+  win, count, total = render_windows.output_windows(trace, n)
+  ins, ins_count, ok = render_windows.instruction_windows(
+      program, label_digits=0, literal_digits=4)
+  assert bool(ok) and int(total) == int(count.sum())
+  for i, v in enumerate(values.tolist()):
+    want = prog.number_tokens(v)
+    assert np.asarray(win[i, :int(count[i])]).tolist() == want + [
+        isa.TOK_NEWLINE]
+    assert np.asarray(ins[i, 2:int(ins_count[i])]).tolist() == want + [
+        isa.TOK_NEWLINE]
 
 
 # ----------------------------------------------------------------- text

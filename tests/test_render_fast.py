@@ -1,7 +1,8 @@
-"""The windowed renders (labelled direct, cot full and modified, probe_query)
-against the slot path (`compact`), token for token and length for length:
-every reference row of tests/data, generated Tier 2 rows, random programs
-(labels, negative and extreme values) and truncation at small lengths."""
+"""The package's renders (direct, cot full and modified, probe_query; with
+and without labels) against the slot layout of tests/render_slots.py, token
+for token and length for length: every reference row of tests/data,
+generated Tier 2 rows, random programs (labels, negative and extreme values)
+and truncation at small lengths."""
 
 import functools
 
@@ -10,21 +11,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import render_slots
 from conftest import load_rows, row_files
 from tinyvm_jax._src import interpreter
 from tinyvm_jax._src import isa
 from tinyvm_jax._src import program as program_lib
 from tinyvm_jax._src import render as render_lib
+from tinyvm_jax._src import render_windows
 from tinyvm_jax._src import tiers
 from tinyvm_jax._src.types import Program
 
 NAMES = ("direct", "cot", "cot_modified", "probe_query")
 SLOTS = {
-    "direct": render_lib._render_direct_slots,
-    "cot": functools.partial(render_lib._render_cot_slots, mode="full"),
-    "cot_modified": functools.partial(render_lib._render_cot_slots,
+    "direct": render_slots.render_direct,
+    "cot": functools.partial(render_slots.render_cot, mode="full"),
+    "cot_modified": functools.partial(render_slots.render_cot,
                                       mode="modified"),
-    "probe_query": render_lib._render_probe_query_slots,
+    "probe_query": render_slots.render_probe_query,
 }
 # truncated (T_in, T_out): renders cut in the middle (the edge case below
 # cuts one program everywhere)
@@ -33,8 +36,8 @@ SMALL = ((16, 40),)
 
 @functools.partial(jax.jit, static_argnames=("name", "sizes", "digits"))
 def _both(programs, traces, steps, *, name, sizes, digits):
-  """(windowed, slot) renders of every row at each (T_in, T_out) of
-  `sizes`, the windowed ones under the promise `digits`."""
+  """(package, slot) renders of every row at each (T_in, T_out) of
+  `sizes`, the package's under the promise `digits`."""
   def one(program, trace, step):
     new, old = [], []
     for t_in, t_out in sizes:
@@ -191,6 +194,22 @@ def test_random_programs():
                 literal_digits=3)
 
 
+def test_no_promise():
+  # literal_digits=0 promises nothing: the slot layout's tokens and true
+  # lengths for 4-digit labels and literals too, and no overflow
+  rng = np.random.default_rng(1)
+  programs = random_programs(rng, 64, 12, label_hi=10000)
+  load = np.asarray(programs.op) == isa.LOAD
+  programs = programs.replace(lit=np.where(load, rng.choice(
+      np.array([9999, -9999, 1000, -5, 0]), load.shape), 0).astype(np.int32))
+  traces = _run(programs, max_steps=24)
+  steps = rng.integers(0, 24, 64).astype(np.int32)
+  for name in NAMES:
+    sizes = (_max_sizes(name, 12, 24, 4, 4), (16, 9))
+    assert_same(name, programs, traces, steps, sizes, label_digits=0,
+                literal_digits=0)
+
+
 def _ins(op, *args, label=None, target=None):
   return {"op": op, "args": list(args), "label": label, "target": target}
 
@@ -266,11 +285,11 @@ def test_instruction_windows_equal_slots():
   programs, _, _ = edge_rows()
   program = jax.tree_util.tree_map(lambda x: x[0], programs)
   toks, count, ok = jax.jit(functools.partial(
-      render_lib.instruction_windows, label_digits=2, literal_digits=3))(
+      render_windows.instruction_windows, label_digits=2, literal_digits=3))(
           program)
-  slot_t, slot_m = jax.jit(render_lib.instruction_slots)(program)
+  slot_t, slot_m = jax.jit(render_slots.instruction_slots)(program)
   assert bool(ok)
-  assert toks.shape == (16, render_lib.instruction_width(2, 3)) == (16, 14)
+  assert toks.shape == (16, render_windows.instruction_width(2, 3)) == (16, 14)
   for i in range(16):
     want = np.asarray(slot_t[i])[np.asarray(slot_m[i])].tolist()
     assert np.asarray(toks[i, :int(count[i])]).tolist() == want
@@ -280,9 +299,9 @@ def test_instruction_windows_equal_slots():
 def test_register_windows():
   regs = jnp.array([[0, 5, -3, 1023, -1024, 10, -99, 100]], jnp.int32)
   show = jnp.array([[True, True, False, True, True, False, True, False]])
-  windows = jax.jit(render_lib.register_windows)
+  windows = jax.jit(render_windows.register_windows)
   toks, count, ok = windows(regs, show)
-  slot_t, slot_m = jax.jit(render_lib.register_slots)(regs, show)
+  slot_t, slot_m = jax.jit(render_slots.register_slots)(regs, show)
   want = np.asarray(slot_t[0])[np.asarray(slot_m[0])].tolist() + [
       isa.TOK_NEWLINE]
   assert np.asarray(toks[0, :int(count[0])]).tolist() == want

@@ -85,12 +85,15 @@ def few_shot(with_symbol: Program, trace: Trace,
   body = (jnp.concatenate([toks.reshape(e, -1), out_t.reshape(e, -1)], 1),
           jnp.concatenate([mask.reshape(e, -1),
                            out_m.reshape(e, -1) & demo[:, None]], 1))
+  bos, eos = (jnp.full((1,), t, jnp.int32) for t in (isa.TOK_BOS,
+                                                      isa.TOK_EOS))
+  yes = jnp.ones((1,), bool)
   inp = render_lib.compact(
-      *render_lib.cat_slots(render_lib.one_slot(isa.TOK_BOS), body,
-                            render_lib.one_slot(isa.TOK_EOS)), max_input_len)
+      jnp.concatenate([bos, body[0].ravel(), eos]),
+      jnp.concatenate([yes, body[1].ravel(), yes]), max_input_len)
   last = jax.tree_util.tree_map(lambda x: x[e - 1], trace)
   return Render(input=inp,
-                target=render_lib.output_target(last, max_target_len))
+                target=render_lib.direct_target(last, max_target_len))
 
 
 def render_userop_direct(with_symbol: Program, trace: Trace, *,

@@ -57,14 +57,14 @@ def userop_shapes(table_rows: int, *, k_demos: int, n_max: int
   p = branched.max_program_len(n_skel, isa.MAX_REG_ARGS, 0, 0, 1) + 1  # call
   base = p + table_rows - 1
   e = k_demos + 1
-  line = render_lib.plain_width(_LITERAL_DIGITS)    # `LOAD R -127 NEWLINE`
-  direct = 2 + e * p * line + k_demos * render_lib.OUTPUT_SLOTS
+  line = render_lib.instruction_width(0, _LITERAL_DIGITS)    # `LOAD R -127 NEWLINE`
+  direct = 2 + e * p * line + k_demos * render_lib.output_width()
   dec = 1 + table_rows * line                       # DECOMP + instructions
   return UseropShapes(
       max_len=p, base_len=base, max_steps=base,
       input_lens=(("userop_direct", direct),
                   ("userop_with_decomposition", direct + k_demos * dec)),
-      target_len=2 + render_lib.OUTPUT_SLOTS)
+      target_len=2 + render_lib.output_width())
 
 
 def expected_length(n: int, use_stack: bool) -> int:
