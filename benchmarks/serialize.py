@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from tinyvm_jax._src.io import jsonl
+from tinyvm_jax._src.io import jsonl_chunks
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data"
 
@@ -79,7 +80,7 @@ def main():
             probe_step=batch.probe_step)
   n = args.rows
   t0 = time.process_time()
-  jsonl._tables()  # one-off table build, not part of the per-batch cost
+  jsonl_chunks.tables()  # one-off table build, not part of the per-batch cost
   build = time.process_time() - t0
   jsonl.rows_to_jsonl(untiled.rows, **kw)  # warm up
   print(f"chunk tables: built once in {build:.2f} s")
@@ -127,7 +128,7 @@ def tier1_mix(repeat: int, rows: int = 4096) -> None:
   sizes = {"tier1_train": 200_000}
   sizes.update({f"tier1_eval_len_{n}": 20_000
                 for n in (8, 16, 32, 48, 64, 96, 128)})
-  jsonl._tables()
+  jsonl_chunks.tables()
   total_s = total_bytes = 0.0
   for name, count in sizes.items():
     with gzip.open(DATA / f"{name}.jsonl.gz", "rb") as f:

@@ -13,6 +13,7 @@ from tinyvm_jax._src import interpreter
 from tinyvm_jax._src import isa
 from tinyvm_jax._src import keys
 from tinyvm_jax._src.io import jsonl
+from tinyvm_jax._src.io import jsonl_chunks
 from tinyvm_jax._src import program as program_lib
 from tinyvm_jax._src import text
 from tinyvm_jax._src.types import Program, Render, Rows, Tokens, Trace
@@ -51,10 +52,10 @@ def test_given_texts_are_written_as_given(reference):
 
 
 @pytest.mark.parametrize("name,sub_batch,budget,sorted_", [
-    ("tier1_train", 16, jsonl._BUDGET, True),
-    ("tier2_train", 4, jsonl._BUDGET, True),
+    ("tier1_train", 16, jsonl_chunks.BUDGET, True),
+    ("tier2_train", 4, jsonl_chunks.BUDGET, True),
     ("tier2_train", 4, 20_000, False),   # one row a sub-batch
-    ("tier0_train", 7, jsonl._BUDGET, False),
+    ("tier0_train", 7, jsonl_chunks.BUDGET, False),
 ])
 def test_sub_batches_and_size_order(monkeypatch, name, sub_batch, budget,
                                     sorted_):
@@ -62,7 +63,7 @@ def test_sub_batches_and_size_order(monkeypatch, name, sub_batch, budget,
   raw = read_file(name)
   batch = jsonl.rows_from_json(jsonl.parse_rows(raw))
   monkeypatch.setattr(jsonl, "_SUB_BATCH", sub_batch)
-  monkeypatch.setattr(jsonl, "_BUDGET", budget)
+  monkeypatch.setattr(jsonl_chunks, "BUDGET", budget)
   monkeypatch.setattr(jsonl, "_SORT_BELOW", 1.0 if sorted_ else 0.0)
   batches, order = jsonl._plan(batch.rows)
   assert (order is not None) == sorted_ and len(batches) > 3
@@ -182,15 +183,15 @@ def test_text_with_inner_dropped_and_reserved_ids():
   ids = np.array([[40, 0, 42, 34, 41, 16, 36, 49, 37, 63, 34, 25, 40, 39],
                   [16, 36, 41, 41, 41, 41, 41, 41, 41, 41, 41, 41, 41, 41]])
   length = np.array([14, 3])
-  t, _ = jsonl._tables()
+  t, _ = jsonl_chunks.tables()
   for raw in (False, True):
-    chunks = jsonl._text_ids(t, ids, length, raw=raw)
-    data = jsonl._tables()[1]
+    chunks = jsonl_chunks.text_ids(t, ids, length, raw=raw)
+    data = jsonl_chunks.tables()[1]
     for i in range(2):
       got = data.take(chunks[i][chunks[i] != 0]).tobytes().replace(b"\0", b"")
       want = text.detokenize(ids[i, :length[i]])
       assert got.decode() == (want if raw else json.dumps(want)[1:-1])
-  offsets, blob = jsonl.texts_arrow_buffers(ids, length)
+  offsets, blob = jsonl_chunks.texts_arrow_buffers(ids, length)
   assert [blob[offsets[i]:offsets[i + 1]].decode() for i in range(2)] == [
       text.detokenize(ids[i, :length[i]]) for i in range(2)]
 

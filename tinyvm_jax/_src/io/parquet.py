@@ -19,6 +19,8 @@ import numpy as np
 from tinyvm_jax._src import isa
 from tinyvm_jax._src import keys as keys_lib
 from tinyvm_jax._src.io import jsonl
+from tinyvm_jax._src.io import jsonl_chunks
+from tinyvm_jax._src.io import rows as rows_lib
 from tinyvm_jax._src.types import Program, Rows, Tokens, Trace
 
 
@@ -156,7 +158,7 @@ def trace_column(tr: Trace):
 def token_texts_column(tok: Tokens):
   """The string array of the texts of token ids (`text.detokenize`)."""
   pa = arrow()
-  offsets, data = jsonl.texts_arrow_buffers(tok.ids, tok.length)
+  offsets, data = jsonl_chunks.texts_arrow_buffers(tok.ids, tok.length)
   if offsets[-1] >= 2 ** 31:
     raise ValueError("a text column holds 2**31 bytes or more; write fewer "
                      "rows at a time")
@@ -186,12 +188,12 @@ def rows_to_table(rows: Rows, *, tier: str, split: str, bucket: str | None,
   """
   pa = arrow()
   axis_names, render_names = tuple(axis_names), tuple(render_names)
-  rows, texts, probe_step = jsonl.checked_rows(
+  rows, texts, probe_step = rows_lib.checked_rows(
       rows, axis_names=axis_names, render_names=render_names, texts=texts,
       probe_step=probe_step)
   b = rows.key_data.shape[0]
   if b:
-    rows = jsonl.take_rows(rows, slice(0, b))
+    rows = rows_lib.take_rows(rows, slice(0, b))
   seed = keys_lib.seeds_from_key_data(rows.key_data)
   want = schema(axis_names=axis_names, render_names=render_names,
                 probe=probe_step is not None)
