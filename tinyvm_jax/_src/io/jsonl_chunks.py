@@ -80,15 +80,8 @@ class _Chunks:
     return np.concatenate(self._parts)
 
 
-@functools.cache
-def tables():
-  """The static chunk families (built once, about 0.3 s) and their table.
-
-  Lists come in two variants, the first item ("v") and the others (",v"):
-  the second variant of a family of n strings starts at index n.
-  """
-  st = _Chunks()
-  t = {}
+def _value_chunks(st: "_Chunks", t: dict) -> None:
+  """Values and pairs of values, step heads and tails (the trace)."""
   vals = [str(v) for v in range(VMIN, VMAX + 1)]
   t["val"] = st.family(vals, ["," + v for v in vals])          # [2 * NV]
   small = range(-_SMALL, _SMALL + 1)
@@ -112,6 +105,11 @@ def tables():
       ['],"stack":[],"emitted":%s}' % e for e in emitted],
       ['],"emitted":%s}' % e for e in emitted])                # [2 * NE, 4]
   t["stack_open"] = st.strings(['],"stack":['])[0]
+
+
+def _instruction_chunks(st: "_Chunks", t: dict) -> None:
+  """Instructions: general layout pieces and whole label-free ones."""
+  idx = range(MAX_INDEX + 1)
   # Instructions, general layout: head, registers, literal, label, target.
   t["instr_head"] = st.family(
       ['{"op":"%s","args":[' % o for o in isa.OP_NAMES],
@@ -135,6 +133,10 @@ def tables():
             % (r, v) for r in range(8)
             for v in range(-_LOAD_LIT, _LOAD_LIT + 1)]
   t["whole"] = st.family(whole, ["," + w for w in whole])      # [2 * I, 8]
+
+
+def _token_chunks(st: "_Chunks", t: dict) -> None:
+  """Token ids and pairs of them, text pieces (escaped and raw)."""
   ids = range(V)
   t["tok"] = st.family([str(a) for a in ids], ["," + str(a) for a in ids])
   t["tok_pair"] = st.family([f"{a},{b}" for a in ids for b in ids],
@@ -154,6 +156,20 @@ def tables():
   t["raw_pair"] = st.family([a + b for a in raw for b in raw])
   t["raw_pair_short"] = np.ascontiguousarray(t["raw_pair"][:, :2])
   t["raw_len"] = np.array([len(p) for p in raw], np.int64)    # [2V]
+
+
+@functools.cache
+def tables():
+  """The static chunk families (built once, about 0.3 s) and their table.
+
+  Lists come in two variants, the first item ("v") and the others (",v"):
+  the second variant of a family of n strings starts at index n.
+  """
+  st = _Chunks()
+  t = {}
+  _value_chunks(st, t)
+  _instruction_chunks(st, t)
+  _token_chunks(st, t)
   t["halted"] = st.strings(['],"halted":false},"renders":{',
                             '],"halted":true},"renders":{'])
   t["open_bracket"] = st.family(["[", ",["])
