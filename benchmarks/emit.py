@@ -11,11 +11,19 @@ ru_utime + ru_stime). Prints a line a run and ends with one JSON line.
   python benchmarks/emit.py --codecs                      # zarr codec choice
   python benchmarks/emit.py --tier=tier2 --runs=zarr --cold   # full Tier 2 zarr
 
+When the reference package `tinyvm` is importable, its emit runs in the
+same benchmark (`--reference_cmd`, a template with {python}, {tier}, {out},
+{seed}, {train_size}, {eval_size}) and the JSON line holds
+`reference_seconds` and `ratio` = reference seconds / our seconds (of the
+`jsonl` run when timed, else of the last run; `ratio_run` names it). When it
+is not, one line says so and both are null.
+
 `--codecs` measures zarr compression instead: Tier 1 rows (train and
 eval len_128) written with each candidate codec; bytes and write time.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -27,6 +35,8 @@ from pathlib import Path
 
 REFERENCE = {"tier1": {"jsonl_seconds": 392.0, "jsonl_bytes": 1.9e9},
              "tier0": {"jsonl_seconds": 38.0}}
+# the reference's emit command (an assumption: override with --reference_cmd)
+REFERENCE_CMD = "{python} -m tinyvm.emit --tier={tier} --out={out} --seed={seed}"
 
 
 def _size(path: Path) -> int:
@@ -92,47 +102,83 @@ def bench_formats(args) -> dict:
   print(f"{'verify --dataset':>20}: {r['seconds']:7.1f} s "
         f"({r['cpu_seconds']:6.1f} s CPU)  peak RSS {r['peak_rss_bytes'] / 1e6:6.0f} MB   "
         f"[{r['line']}]", flush=True)
+  reference = bench_reference(args, root, results, name)
   if not args.keep:
     shutil.rmtree(root)
   ref = REFERENCE.get(args.tier, {})
   summary = {"tier": args.tier, "load_average": os.getloadavg(),
              "train_size": args.train_size,
              "eval_size": args.eval_size, "runs": results,
-             "reference": ref}
+             "reference": ref, **reference}
   if "jsonl_seconds" in ref and "zarr+jsonl+parquet" in results:
     summary["speedup_all_formats_vs_reference_jsonl"] = round(
         ref["jsonl_seconds"] / results["zarr+jsonl+parquet"]["seconds"], 1)
   return summary
 
 
+def bench_reference(args, root: Path, results: dict, last: str) -> dict:
+  """Times the reference's emit in this run when `tinyvm` is importable:
+  {reference_seconds, ratio (reference / ours), ratio_run}; nulls if not."""
+  ours = "jsonl" if "jsonl" in results else last
+  if importlib.util.find_spec("tinyvm") is None:
+    print("reference package tinyvm not importable: no ratio", flush=True)
+    return {"reference_seconds": None, "ratio": None, "ratio_run": None}
+  out = root / "reference"
+  shutil.rmtree(out, ignore_errors=True)
+  cmd = args.reference_cmd.format(
+      python=sys.executable, tier=args.tier, out=out, seed=args.seed,
+      train_size=args.train_size, eval_size=args.eval_size).split()
+  r = _run(cmd)
+  r["bytes"] = _size(out) if out.exists() else None
+  results["reference"] = r
+  ratio = round(r["seconds"] / results[ours]["seconds"], 2)
+  print(f"{'reference':>20}: {r['seconds']:7.1f} s ({r['cpu_seconds']:6.1f} "
+        f"s CPU)  peak RSS {r['peak_rss_bytes'] / 1e6:6.0f} MB   ratio "
+        f"{ratio} x {ours}   [{' '.join(cmd)}]", flush=True)
+  return {"reference_seconds": r["seconds"], "ratio": ratio,
+          "ratio_run": ours}
+
+
 # ---------------------------------------------------------------- codecs
+def _generate_rows(split: str, bucket: str | None, n: int, batch: int = 4096):
+  """Host rows 0..n-1 of a Tier 1 split as an emit with seed 0 writes them
+  (direct render), `batch` at a time (one compiled shape: the last batch is
+  padded, then cut)."""
+  import jax
+  import numpy as np
+  import tinyvm_jax
+  parts = []
+  for lo in range(0, n, batch):
+    rows = jax.device_get(tinyvm_jax.generate(
+        "tier1", 0, split, bucket, np.arange(lo, lo + batch),
+        renders=("direct",)))
+    m = min(batch, n - lo)
+    parts.append(jax.tree.map(lambda x: x[:m], rows))
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+
+
 CODECS = ("none", "zstd:1", "zstd:3", "zstd:9", "blosc:lz4:5",
           "blosc:zstd:1", "blosc:zstd:3", "blosc:zstd:5")
 
 
 def bench_codecs(args) -> dict:
   import tensorstore as ts
-  from tinyvm_jax._src.emit import kernels
-  from tinyvm_jax._src.emit import plan as plan_lib
-  from tinyvm_jax._src.io import zarr_store
-  plan = plan_lib.make_plan(
-      tier="tier1", seed_base=0, train_size=args.codec_rows,
-      eval_size=args.codec_rows, renders=("direct",), formats=("zarr",),
-      batch_size=4096, vmap_rows=256, part_rows=16384, chunk_rows=1024)
+  from tinyvm_jax import formats
   samples = {}
-  for sp in (plan.splits[0], plan.splits[-1]):  # train and len_128
-    rows = kernels.generate_rows(plan, sp, 0, sp.num_rows)
-    samples[sp.name] = zarr_store.rows_to_arrays(rows)
+  for group, split, bucket in (("train", "train", None),
+                               ("eval/len_128", "eval", "len_128")):
+    samples[group] = formats.rows_to_arrays(
+        _generate_rows(split, bucket, args.codec_rows))
   raw = sum(a.nbytes for s in samples.values() for a in s.values())
   results = {}
   for spec in CODECS:
-    codec = zarr_store.parse_codec(spec)
+    codec = formats.parse_codec(spec)
     tmp = Path(tempfile.mkdtemp(prefix="tinyvm-codec-"))
     t0 = time.perf_counter()
     c0 = time.process_time()
     for group, arrays in samples.items():
       n = next(iter(arrays.values())).shape[0]
-      w = zarr_store.GroupWriter(tmp, group, n, arrays, part_rows=16384,
+      w = formats.GroupWriter(tmp, group, n, arrays, part_rows=16384,
                                  chunk_rows=1024, codec=codec)
       for lo in range(0, n, 16384):
         w.write(lo, {k: v[lo:lo + 16384] for k, v in arrays.items()})
@@ -173,6 +219,9 @@ def main():
                   help="time with an empty compilation cache")
   ap.add_argument("--compile_cache", default=None,
                   help="passed to emit ('' disables the cache)")
+  ap.add_argument("--reference_cmd", default=REFERENCE_CMD,
+                  help="the reference's emit, run when the package tinyvm "
+                       "is importable")
   ap.add_argument("--codecs", action="store_true",
                   help="measure zarr codecs instead")
   ap.add_argument("--codec_rows", type=int, default=20000)

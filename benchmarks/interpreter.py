@@ -19,9 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinyvm_jax._src import isa
-from tinyvm_jax._src.interpreter import run, run_straight_line
-from tinyvm_jax._src.types import Program
+from tinyvm_jax import isa
+from tinyvm_jax import Program
+from tinyvm_jax import run
+from tinyvm_jax import run_straight_line
 
 
 def random_programs(rng, batch, n):

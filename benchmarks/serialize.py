@@ -22,13 +22,12 @@ import time
 
 import numpy as np
 
-from tinyvm_jax._src.io import jsonl
-from tinyvm_jax._src.io import jsonl_chunks
+from tinyvm_jax import formats
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data"
 
 
-def tile(batch: jsonl.JsonBatch, n: int) -> jsonl.JsonBatch:
+def tile(batch: formats.JsonBatch, n: int) -> formats.JsonBatch:
   """`batch` repeated to `n` rows."""
   reps = -(-n // batch.rows.key_data.shape[0])
 
@@ -73,21 +72,21 @@ def main():
 
   with gzip.open(DATA / f"{args.file}.jsonl.gz", "rb") as f:
     raw = f.read()
-  untiled = jsonl.rows_from_json(jsonl.parse_rows(raw))
+  untiled = formats.rows_from_json(formats.parse_rows(raw))
   batch = tile(untiled, args.rows)
   kw = dict(tier=batch.tier, split=batch.split, bucket=batch.bucket,
             axis_names=batch.axis_names, render_names=batch.render_names,
             probe_step=batch.probe_step)
   n = args.rows
   t0 = time.process_time()
-  jsonl_chunks.tables()  # one-off table build, not part of the per-batch cost
+  formats.prepare_tables()  # one-off, not part of the per-batch cost
   build = time.process_time() - t0
-  jsonl.rows_to_jsonl(untiled.rows, **kw)  # warm up
+  formats.rows_to_jsonl(untiled.rows, **kw)  # warm up
   print(f"chunk tables: built once in {build:.2f} s")
   result = {"rows": n, "file": args.file, "tables_s": round(build, 3)}
 
   best_of.wall = float("inf")
-  dt, blob = best_of(lambda: jsonl.rows_to_jsonl(batch.rows, **kw),
+  dt, blob = best_of(lambda: formats.rows_to_jsonl(batch.rows, **kw),
                      args.repeat)
   mb = len(blob) / 1e6
   print(f"rows_to_jsonl: {dt:.3f} s CPU, {n / dt:,.0f} rows/s, "
@@ -97,23 +96,22 @@ def main():
                 jsonl_wall_s=round(best_of.wall, 4))
 
   if not args.no_parquet:
-    from tinyvm_jax._src.io import parquet
     best_of.wall = float("inf")
-    dt, table = best_of(lambda: parquet.rows_to_table(batch.rows, **kw),
+    dt, table = best_of(lambda: formats.rows_to_table(batch.rows, **kw),
                         args.repeat)
     print(f"rows_to_table: {dt:.3f} s CPU, {n / dt:,.0f} rows/s, "
           f"{mb / dt:,.0f} MB/s of JSONL-equivalent; best wall "
           f"{best_of.wall:.3f} s")
     result.update(table_s=round(dt, 4), table_rows_per_s=round(n / dt),
                   table_wall_s=round(best_of.wall, 4))
-    small = parquet.rows_to_table(untiled.rows, **kw)
+    small = formats.rows_to_table(untiled.rows, **kw)
     per_row = small.num_rows
     with tempfile.TemporaryDirectory() as tmp:
       for comp in ("zstd", "snappy"):
         path = os.path.join(tmp, f"x.{comp}.parquet")
-        dt, _ = best_of(lambda: parquet.write_parquet(
+        dt, _ = best_of(lambda: formats.write_parquet(
             table, path, compression=comp), args.repeat)
-        parquet.write_parquet(small, path, compression=comp)
+        formats.write_parquet(small, path, compression=comp)
         size = os.path.getsize(path) / per_row
         print(f"write_parquet[{comp}]: {dt:.3f} s, {n / dt:,.0f} rows/s; "
               f"{size:,.0f} bytes/row ({per_row} untiled rows)")
@@ -128,14 +126,14 @@ def tier1_mix(repeat: int, rows: int = 4096) -> None:
   sizes = {"tier1_train": 200_000}
   sizes.update({f"tier1_eval_len_{n}": 20_000
                 for n in (8, 16, 32, 48, 64, 96, 128)})
-  jsonl_chunks.tables()
+  formats.prepare_tables()
   total_s = total_bytes = 0.0
   for name, count in sizes.items():
     with gzip.open(DATA / f"{name}.jsonl.gz", "rb") as f:
-      batch = tile(jsonl.rows_from_json(jsonl.parse_rows(f.read())), rows)
+      batch = tile(formats.rows_from_json(formats.parse_rows(f.read())), rows)
     kw = dict(tier=batch.tier, split=batch.split, bucket=batch.bucket,
               axis_names=batch.axis_names, render_names=batch.render_names)
-    dt, blob = best_of(lambda: jsonl.rows_to_jsonl(batch.rows, **kw), repeat)
+    dt, blob = best_of(lambda: formats.rows_to_jsonl(batch.rows, **kw), repeat)
     total_s += dt / rows * count
     total_bytes += len(blob) / rows * count
     print(f"{name:20s} {rows / dt:9,.0f} rows/s {len(blob) / dt / 1e6:5.0f} "

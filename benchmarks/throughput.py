@@ -54,10 +54,7 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 from jax.sharding import PartitionSpec  # pylint: disable=wrong-import-position
 
-from tinyvm_jax._src import interpreter  # pylint: disable=wrong-import-position
-from tinyvm_jax._src import keys as keys_lib  # pylint: disable=wrong-import-position
-from tinyvm_jax._src import sampling  # pylint: disable=wrong-import-position
-from tinyvm_jax._src import tiers as tiers_lib  # pylint: disable=wrong-import-position
+import tinyvm_jax  # pylint: disable=wrong-import-position
 
 
 def best_time(fn, repeats, *args):
@@ -77,15 +74,15 @@ def stage_functions(tier, batch, bucket):
   """Jitted prefixes of `make_row`: gen, gen+run, gen+run+render."""
   shapes = tier.shapes(bucket)
   t_in, t_out = shapes.token_lengths("direct")
-  run = (interpreter.run_straight_line if tier.straight_line else
-         interpreter.run)
+  run = (tinyvm_jax.run_straight_line if tier.straight_line else
+         tinyvm_jax.run)
 
   def programs(key, step):
     k = jax.random.fold_in(key, step)
     def one(i):
       row = jax.random.fold_in(k, i)
-      axes = tier.sample_axes(keys_lib.axes_key(row))
-      return tier.program(keys_lib.program_key(row), axes,
+      axes = tier.sample_axes(tinyvm_jax.axes_key(row))
+      return tier.program(tinyvm_jax.program_key(row), axes,
                           max_len=shapes.max_len)
     return jax.vmap(one)(jnp.arange(batch))
 
@@ -100,24 +97,25 @@ def stage_functions(tier, batch, bucket):
   def gen_run_render(key, step):
     p = programs(key, step)
     t = traces(p)
-    r = jax.vmap(lambda p, t: tiers_lib.render_row(
-        "direct", p, t, jnp.zeros(2, jnp.uint32), max_input_len=t_in,
-        max_target_len=t_out, label_digits=shapes.label_digits,
+    r = jax.vmap(lambda p, t: tinyvm_jax.render(
+        "direct", p, t, max_input_len=t_in, max_target_len=t_out,
+        label_digits=shapes.label_digits,
         literal_digits=shapes.literal_digits))(p, t)
     return r.input.ids, r.target.ids, t.regs, t.error
   return {"gen": jax.jit(gen), "gen+run": jax.jit(gen_run),
           "gen+run+render": jax.jit(gen_run_render)}
 
 
-def step_function(tier, batch, bucket, devices, block):
+def step_function(tier, batch, bucket, devices, block, impl):
   """The timed function: `sample_batch` of `batch` rows, split over
-  `devices` host devices with `shard_map` when there are several."""
+  `devices` host devices with `shard_map` when there are several (keys of
+  the PRNG implementation `impl` cross into it as raw key data)."""
   traces = []
   local = batch // devices
 
   def step_fn(key, step, first_row=0):
     traces.append(1)
-    b = sampling.sample_batch(jax.random.fold_in(key, step), tier, local,
+    b = tinyvm_jax.sample_batch(jax.random.fold_in(key, step), tier, local,
                               bucket=bucket, first_row=first_row,
                               block_size=block or None)
     return (b.input_ids, b.input_mask, b.target_ids, b.target_mask, b.regs,
@@ -128,7 +126,7 @@ def step_function(tier, batch, bucket, devices, block):
   mesh = jax.make_mesh((devices,), ("rows",))
 
   def sharded(key_data, step):
-    key = jax.random.wrap_key_data(key_data, impl=keys_lib.IMPL)
+    key = jax.random.wrap_key_data(key_data, impl=impl)
     return step_fn(key, step, jax.lax.axis_index("rows") * local)
 
   fn = jax.jit(jax.shard_map(sharded, mesh=mesh,
@@ -139,12 +137,12 @@ def step_function(tier, batch, bucket, devices, block):
 
 def main():
   args = ARGS
-  tier = tiers_lib.get_tier(args.tier)
+  tier = tinyvm_jax.get_tier(args.tier)
   if len(jax.devices()) < args.devices:
     sys.exit(f"only {len(jax.devices())} devices")
   base = jax.random.key(0)
   fn, traces = step_function(tier, args.batch, args.bucket, args.devices,
-                             args.block)
+                             args.block, jax.random.key_impl(base))
   t0 = time.perf_counter()
   jax.block_until_ready(fn(base, 0))
   compile_s = time.perf_counter() - t0

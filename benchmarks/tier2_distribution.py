@@ -21,16 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinyvm_jax._src import branched
-from tinyvm_jax._src import interpreter
-from tinyvm_jax._src import isa
+import tinyvm_jax
+from tinyvm_jax import isa
 
 STATS = pathlib.Path(__file__).resolve().parents[1] / "tests/data/stats.json"
 AXES = ("n", "k", "b", "l", "use_stack", "stack_frames")
 BUCKETS = {"easy": (32, 4, 1, 0, 0, 0), "medium": (64, 4, 2, 4, 0, 0),
            "hard": (128, 6, 4, 8, 1, 1), "ood_len_256": (256, 4, 2, 4, 0, 0)}
-MAX_LEN = branched.max_program_len(256, 8, 8, 16, 2, b_min=1)      # 524
-MAX_STEPS = branched.max_trace_steps(256, 8, 8, 16, 2, b_min=1)    # 1615
+TIER2 = tinyvm_jax.get_tier("tier2")
+MAX_LEN = TIER2.train_shapes.max_len        # 524
+MAX_STEPS = TIER2.train_shapes.max_steps    # 1615
 
 
 def train_axes(key: jax.Array) -> jax.Array:
@@ -47,8 +47,8 @@ def train_axes(key: jax.Array) -> jax.Array:
 def make_batch_fn(max_steps: int):
   """jit(vmap) of axes -> (program, final figures of its run)."""
   def one(key, axes):
-    prog = branched.gen_branched(key, *axes, max_len=MAX_LEN)
-    trace = interpreter.run(prog, max_steps=max_steps)
+    prog = tinyvm_jax.gen_branched(key, *axes, max_len=MAX_LEN)
+    trace = tinyvm_jax.run(prog, max_steps=max_steps)
     return prog, trace.output[0], trace.num_output, trace.num_steps, \
         trace.error
   return jax.jit(jax.vmap(one))
@@ -173,7 +173,7 @@ def gen_speed(batch: int, repeats: int = 5) -> float:
   key = jax.random.key(1)
   axes = jax.vmap(train_axes)(jax.random.split(key, batch))
   gen = jax.jit(jax.vmap(
-      lambda k, a: branched.gen_branched(k, *a, max_len=MAX_LEN)))
+      lambda k, a: tinyvm_jax.gen_branched(k, *a, max_len=MAX_LEN)))
   jax.block_until_ready(gen(jax.random.split(key, batch), axes))
   best = float("inf")
   for r in range(repeats):
@@ -205,9 +205,7 @@ def main():
       steps = MAX_STEPS
     else:
       axes = np.tile(np.array(BUCKETS[group], np.int32), (args.rows, 1))
-      steps = branched.max_trace_steps(*BUCKETS[group][:4],
-                                       BUCKETS[group][5],
-                                       b_min=BUCKETS[group][2])
+      steps = TIER2.shapes(group).max_steps
     s = generate(make_batch_fn(steps), jax.random.fold_in(gkey, 0), axes,
                  args.batch)
     table = compare(s, stats[name])

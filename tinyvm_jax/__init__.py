@@ -4,6 +4,8 @@ Programs, traces and renders are pytrees of fixed-shape arrays; every
 per-example function here is pure and can be jitted and vmapped.
 
 Reading emitted datasets and predictions files back: `tinyvm_jax.data`.
+Instruction-set constants: `tinyvm_jax.isa`. Writing rows yourself (JSONL,
+Parquet, zarr): `tinyvm_jax.formats`.
 Command lines: `python -m tinyvm_jax.emit` (write a dataset), `verify`
 (check one), `launch` (several emit processes).
 """
@@ -60,7 +62,9 @@ from tinyvm_jax._src.tiers import generate
 from tinyvm_jax._src.tiers import get_tier
 from tinyvm_jax._src.tiers import Tier
 from tinyvm_jax._src.tiers import TIERS
+from tinyvm_jax._src.keys import axes_key
 from tinyvm_jax._src.keys import key_to_seed
+from tinyvm_jax._src.keys import program_key
 from tinyvm_jax._src.keys import row_key
 from tinyvm_jax._src.keys import seed_to_key
 from tinyvm_jax._src.sampling import Batch
@@ -132,7 +136,9 @@ __all__ = (
     "get_tier",
     "Tier",
     "TIERS",
+    "axes_key",
     "key_to_seed",
+    "program_key",
     "row_key",
     "seed_to_key",
     "Batch",
