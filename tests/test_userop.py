@@ -12,7 +12,7 @@ from tinyvm_jax._src import interpreter
 from tinyvm_jax._src import isa
 from tinyvm_jax._src import keys as keys_lib
 from tinyvm_jax._src import program as P
-from tinyvm_jax._src import userop as U
+from tinyvm_jax._src.userop import api as U
 from tinyvm_jax._src.userop import generate as generate_lib
 from tinyvm_jax._src import validate
 

@@ -13,7 +13,7 @@ from tinyvm_jax._src import keys as keys_lib
 from tinyvm_jax._src.io import loaders
 from tinyvm_jax._src.io import parquet
 from tinyvm_jax._src.io import zarr_store
-from tinyvm_jax._src import userop as U
+from tinyvm_jax._src.userop import api as U
 from tinyvm_jax._src.userop import formats
 from tinyvm_jax._src.userop import tier as tier_lib
 

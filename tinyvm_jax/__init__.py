@@ -71,10 +71,10 @@ from tinyvm_jax._src.sampling import Batch
 from tinyvm_jax._src.sampling import sample_batch
 
 # Tier 4: user-defined opcodes
-from tinyvm_jax._src.userop import DEFAULT_USEROPS
-from tinyvm_jax._src.userop import generate_userop_rows
-from tinyvm_jax._src.userop import substitute
-from tinyvm_jax._src.userop import UserOp
+from tinyvm_jax._src.userop.api import DEFAULT_USEROPS
+from tinyvm_jax._src.userop.api import generate_userop_rows
+from tinyvm_jax._src.userop.api import substitute
+from tinyvm_jax._src.userop.api import UserOp
 
 # Differentiable execution
 from tinyvm_jax._src.soft import harden

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from tinyvm_jax._src import userop
+from tinyvm_jax._src.userop import api as userop
 from tinyvm_jax._src.check import rebuild as rebuild_lib
 from tinyvm_jax._src.check import replay
 from tinyvm_jax._src.check import replay_zarr
