@@ -1,6 +1,6 @@
 """Renders alone: the slot layout (`compact`) against the package's windows.
 
-Generates a batch of real rows of a tier's split once (`tiers.generate`
+Generates a batch of real rows of a tier's split once (`tinyvm_jax.generate`
 with no renders: programs and traces at the split's own sizes), then times
 each render alone: one jitted function mapping the per-example render over
 the rows, `--vmap` rows at a time (`lax.map`, as the emit pipeline does).
@@ -24,8 +24,7 @@ import time
 import jax
 import numpy as np
 
-from tinyvm_jax._src import render as render_lib
-from tinyvm_jax._src import tiers
+import tinyvm_jax as tvm
 
 # the slot layout lives in tests/ as the tests' reference implementation
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -67,10 +66,10 @@ def timed(fn, *args, repeats):
 
 def main():
   args = parse_args()
-  tier = tiers.get_tier(args.tier)
+  tier = tvm.get_tier(args.tier)
   bucket = args.bucket if args.split == "eval" else None
   shapes = tier.shapes(bucket)
-  rows = tiers.generate(tier, 0, args.split, bucket, np.arange(args.rows),
+  rows = tvm.generate(tier, 0, args.split, bucket, np.arange(args.rows),
                         renders=())
   data = (rows.program, rows.trace)
   digits = dict(label_digits=shapes.label_digits,
@@ -83,8 +82,7 @@ def main():
     t_in, t_out = shapes.token_lengths(name)
     sizes = dict(max_input_len=t_in, max_target_len=t_out)
     paths = {"old": functools.partial(OLD[name], **sizes),
-             "new": functools.partial(render_lib.RENDERS[name], **sizes,
-                                      **digits)}
+             "new": functools.partial(tvm.render, name, **sizes, **digits)}
     outs = {}
     for path, fn in paths.items():
       batched = jax.jit(lambda p, t, fn=fn: jax.lax.map(

@@ -16,7 +16,6 @@ SUFFIXES = (".py", ".ipynb", ".md")
 # Being moved to the public API by other changes in flight; allowed until they
 # merge, then this tuple is emptied (paths relative to the repository root).
 _PENDING = (
-    "benchmarks/render.py",
     "benchmarks/distribution.py",
     "benchmarks/program_recovery.py",
     "experiments",
