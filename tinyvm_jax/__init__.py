@@ -24,6 +24,8 @@ from tinyvm_jax._src.program import encode
 from tinyvm_jax._src.program import from_json
 from tinyvm_jax._src.program import ProgramError
 from tinyvm_jax._src.program import to_json
+from tinyvm_jax._src.recovery import recovery_experiment
+from tinyvm_jax._src.recovery import RecoveryConfig
 from tinyvm_jax._src.render import encode_program
 from tinyvm_jax._src.render import max_render_lengths
 from tinyvm_jax._src.render import render
@@ -47,6 +49,7 @@ from tinyvm_jax._src.text import detokenize_batch
 from tinyvm_jax._src.tiers import build
 from tinyvm_jax._src.tiers import generate
 from tinyvm_jax._src.tiers import get_tier
+from tinyvm_jax._src.tiers import make_row
 from tinyvm_jax._src.tiers import Tier
 from tinyvm_jax._src.tiers import TIERS
 from tinyvm_jax._src.types import Program
@@ -71,6 +74,7 @@ __all__ = (
     "Program",
     "ProgramError",
     "RENDER_NAMES",
+    "RecoveryConfig",
     "Render",
     "Rows",
     "SoftProgram",
@@ -100,9 +104,11 @@ __all__ = (
     "get_tier",
     "harden",
     "key_to_seed",
+    "make_row",
     "max_render_lengths",
     "program_from_soft",
     "raise_for_error",
+    "recovery_experiment",
     "render",
     "render_cot",
     "render_direct",
