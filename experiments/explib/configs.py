@@ -21,6 +21,7 @@ import os
 import pathlib
 import tempfile
 
+import jax
 import tinyvm_jax
 
 from explib import data
@@ -44,6 +45,14 @@ class Tier1:
   probe: probes.ProbeConfig
   probe_buckets: tuple[str, ...]
   constant_rows: int = 2_000   # training-distribution rows for the constant
+  ood_eval_rows: int | None = None   # rows of the buckets not trained on
+                                     # (None: eval_rows)
+
+  def eval_rows_of(self, bucket: str, tc: "train.TrainConfig") -> int:
+    """Eval rows of `bucket` for a model trained with `tc`."""
+    if self.ood_eval_rows is None or tc.bucket in (None, bucket):
+      return self.eval_rows
+    return min(self.eval_rows, self.ood_eval_rows)
 
 
 def _cot_len(bucket) -> int:
@@ -73,14 +82,14 @@ def tier1(mode: str) -> Tier1:
         # len_8 inputs hold at most 63 tokens; cot_modified targets 102 in
         # 2,000 rows (the static bound is 148): a longer row is dropped
         # from its batch (`valid`), not truncated
-        direct=train.TrainConfig(bucket="len_8", batch_size=32, steps=2_000,
+        direct=train.TrainConfig(bucket="len_8", batch_size=32, steps=1_500,
                                  chunk=250, lr=2e-3, warmup=100,
                                  max_input_len=64),
         cot=train.TrainConfig(render="cot_modified", bucket="len_8",
-                              batch_size=16, steps=1_500, chunk=250, lr=2e-3,
+                              batch_size=16, steps=1_250, chunk=250, lr=2e-3,
                               warmup=100, max_input_len=64,
                               max_target_len=112),
-        eval_rows=1_000, eval_batch=100, eval_multiple=64,
+        eval_rows=1_000, ood_eval_rows=300, eval_batch=100, eval_multiple=64,
         cot_buckets=("len_8", "len_16"),
         probe=probes.ProbeConfig(steps=400, l2=1e-3),
         probe_buckets=("len_8",))
@@ -111,13 +120,23 @@ def run_folder(mode: str) -> pathlib.Path:
 
 def tier1_eval_rows(cfg: Tier1) -> dict:
   """The first `cfg.eval_rows` rows of every Tier 1 eval bucket of the
-  dataset with seed_base 0, with the direct and cot_modified renders."""
+  dataset with seed_base 0, with the direct and cot_modified renders
+  (`Tier1.eval_rows_of` says how many of them a model is scored on)."""
   tier = tinyvm_jax.get_tier("tier1")
   t_in = tier.max_shapes.token_lengths("direct")[0]
   t_out = train.cot_target_len(tier.max_shapes.max_steps)
   return data.dataset_rows(tier, 0, tier.bucket_names, cfg.eval_rows,
                            renders=("direct", "cot_modified"),
                            token_lengths={"cot_modified": (t_in, t_out)})
+
+
+def tier1_eval_split(cfg: Tier1, rows: dict, tc: train.TrainConfig,
+                     buckets=None) -> dict:
+  """{bucket: the first `cfg.eval_rows_of(bucket, tc)` rows} of
+  `tier1_eval_rows` output, for `buckets` (default all)."""
+  buckets = list(rows) if buckets is None else buckets
+  return {b: jax.tree_util.tree_map(
+      lambda x, n=cfg.eval_rows_of(b, tc): x[:n], rows[b]) for b in buckets}
 
 
 def tier1_constants(cfg: Tier1, tc: train.TrainConfig) -> evaluate.Constants:

@@ -185,20 +185,18 @@ def decode_step(params: dict, cache: dict, token: jax.Array,
   Returns:
     logits [B, V] (predicting the token at pos + 1) and the updated cache.
   """
-  c = cache["k"].shape[2]
+  b, c = token.shape[0], cache["k"].shape[2]
   x = params["embed"][token][:, None]                               # [B, 1, D]
-  here = (jnp.arange(c)[None, :] == pos[:, None])[:, :, None, None]  # [B,C,1,1]
   visible = (jnp.arange(c)[None, :] <= pos[:, None])[:, None]       # [B, 1, C]
-
-  def layer(x, xs):
-    p, k_cache, v_cache = xs
+  rows = jnp.arange(b)
+  k_all, v_all = cache["k"], cache["v"]
+  # a Python loop over layers, so each layer writes one position of the
+  # cache in place (a scatter) instead of producing a new cache
+  for layer in range(cfg.n_layers):
+    p = jax.tree_util.tree_map(lambda w: w[layer], params["blocks"])
     q, k, v = _qkv(cfg, x, p, pos[:, None])
-    k_cache = jnp.where(here, k, k_cache)
-    v_cache = jnp.where(here, v, v_cache)
-    return _finish(cfg, x, p, q, k_cache, v_cache, visible), (k_cache,
-                                                               v_cache)
-
-  x, (k, v) = jax.lax.scan(layer, x, (params["blocks"], cache["k"],
-                                      cache["v"]))
+    k_all = k_all.at[layer, rows, pos].set(k[:, 0])
+    v_all = v_all.at[layer, rows, pos].set(v[:, 0])
+    x = _finish(cfg, x, p, q, k_all[layer], v_all[layer], visible)
   logits = _rms_norm(x[:, 0], params["norm_f"]) @ params["head"]
-  return logits, {"k": k, "v": v}
+  return logits, {"k": k_all, "v": v_all}
