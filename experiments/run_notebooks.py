@@ -145,8 +145,8 @@ def main(argv=None) -> int:
   ap = argparse.ArgumentParser(
       description="Execute the experiments notebooks; write their figures.")
   ap.add_argument("--mode", choices=MODES, default="smoke",
-                  help="smoke: minutes, checks the pipeline; cpu: about a "
-                  "quarter of an hour on 2 CPU cores, the models learn; "
+                  help="smoke: minutes, checks the pipeline; cpu: about 14 "
+                  "CPU-minutes on 2 cores, the models learn; "
                   "full: sized for one GPU")
   ap.add_argument("--out", type=pathlib.Path, required=True,
                   help="output folder (created)")

@@ -3,8 +3,9 @@
 - `smoke`: every notebook in about three minutes on a CPU (a tiny model,
   tens of steps): it checks the pipeline end to end and learns nothing
   worth reporting.
-- `cpu`: all four notebooks in about a quarter of an hour on two CPU cores,
-  sized so that the models learn something measurable: Tier 1 trained on
+- `cpu`: all four notebooks in about 14 CPU-minutes on two cores (more wall
+  time on a loaded machine), sized so that the models learn something
+  measurable: Tier 1 trained on
   the `len_8` bucket only (programs of 8 fill instructions over 4
   registers), a 3-layer 64-wide transformer.
 - `full`: sized for one GPU, trained on the Tier 1 train split (8-32 fill

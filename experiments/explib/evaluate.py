@@ -26,7 +26,6 @@ evaluated dataset row) adds per row: `teacher_forced_exact_match` and
 import dataclasses
 import pathlib
 
-import jax
 import numpy as np
 import tinyvm_jax
 import tinyvm_jax.data

@@ -166,12 +166,50 @@ def _is_test(rows: np.ndarray, frac: float, seed: int) -> np.ndarray:
   return np.isin(rows, test)
 
 
+def _logits(p, x):
+  return jnp.einsum("lnd,ldc->lnc", x, p["w"]) + p["b"][:, None]
+
+
+@functools.partial(jax.jit, static_argnames=("pc",))
+def _train(xs, ys, *, pc: ProbeConfig):
+  """Adam on every layer's probe at once; [L+1, N, D] features, [N]
+  classes. Module-level, so probes of the same shapes (a trained model and
+  its control) share one compilation."""
+  l1, n, d = xs.shape
+  bs = min(n, pc.batch_size)
+  opt = optax.adam(pc.lr)
+
+  def loss_fn(p, xb, yb):
+    logits = _logits(p, xb)
+    ce = optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.broadcast_to(yb, logits.shape[:2]))
+    return (ce.mean(1) + pc.l2 * jnp.sum(p["w"] ** 2, (1, 2))).sum()
+
+  def step(carry, i):
+    p, s = carry
+    idx = (jax.random.randint(jax.random.fold_in(key, i), (bs,), 0, n)
+           if bs < n else jnp.arange(n))
+    g = jax.grad(loss_fn)(p, xs[:, idx], ys[idx])
+    u, s = opt.update(g, s, p)
+    return (optax.apply_updates(p, u), s), None
+
+  key = jax.random.key(pc.seed)
+  p = {"w": jnp.zeros((l1, d, pc.num_classes)),
+       "b": jnp.zeros((l1, pc.num_classes))}
+  (p, _), _ = jax.lax.scan(step, (p, opt.init(p)), jnp.arange(pc.steps))
+  return p
+
+
+_predict = jax.jit(lambda p, xs: jnp.argmax(_logits(p, xs), -1))
+
+
 def fit(feats: dict, pc: ProbeConfig) -> list[dict]:
   """One probe per layer on `features` output; split by program.
 
   Returns:
     Per layer {"layer", "acc", "ci95", "majority", "train_acc", "samples"
-    (held-out), "hits": [N_test] bool, "op": [N_test]}.
+    (held-out), "programs" (held-out), "hits": [N_test] bool, "op":
+    [N_test]}.
   """
   x = feats["x"]
   y = (np.clip(feats["value"], -pc.clip, pc.clip) + pc.clip).astype(np.int32)
@@ -181,44 +219,16 @@ def fit(feats: dict, pc: ProbeConfig) -> list[dict]:
   mean = xtr.mean(1, keepdims=True)
   std = xtr.std(1, keepdims=True) + 1e-6
   xtr, xte = (xtr - mean) / std, (xte - mean) / std
-  l1, n, d = xtr.shape
-  c = pc.num_classes
-  params = {"w": jnp.zeros((l1, d, c)), "b": jnp.zeros((l1, c))}
-  opt = optax.adam(pc.lr)
-  bs = min(n, pc.batch_size)
-
-  def loss_fn(p, xb, yb):
-    logits = jnp.einsum("lnd,ldc->lnc", xb, p["w"]) + p["b"][:, None]
-    ce = optax.softmax_cross_entropy_with_integer_labels(
-        logits, jnp.broadcast_to(yb, logits.shape[:2]))
-    return (ce.mean(1) + pc.l2 * jnp.sum(p["w"] ** 2, (1, 2))).sum()
-
-  @jax.jit
-  def train(p, xs, ys, key):
-    def step(carry, i):
-      p, s = carry
-      idx = (jax.random.randint(jax.random.fold_in(key, i), (bs,), 0, n)
-             if bs < n else jnp.arange(n))
-      g = jax.grad(loss_fn)(p, xs[:, idx], ys[idx])
-      u, s = opt.update(g, s, p)
-      return (optax.apply_updates(p, u), s), None
-    (p, _), _ = jax.lax.scan(step, (p, opt.init(p)), jnp.arange(pc.steps))
-    return p
-
-  predict = jax.jit(lambda p, xs: jnp.argmax(
-      jnp.einsum("lnd,ldc->lnc", xs, p["w"]) + p["b"][:, None], -1))
-  params = train(params, jnp.asarray(xtr), jnp.asarray(ytr),
-                 jax.random.key(pc.seed))
-  hits = np.asarray(predict(params, jnp.asarray(xte))) == yte[None]  # [L+1,N]
-  train_acc = (np.asarray(predict(params, jnp.asarray(xtr)))
+  params = _train(jnp.asarray(xtr), jnp.asarray(ytr), pc=pc)
+  hits = np.asarray(_predict(params, jnp.asarray(xte))) == yte[None]
+  train_acc = (np.asarray(_predict(params, jnp.asarray(xtr)))
                == ytr[None]).mean(1)
-  common = np.bincount(ytr, minlength=c).argmax()
+  common = np.bincount(ytr, minlength=pc.num_classes).argmax()
   majority = float(np.mean(yte == common))
-  rows = feats["row"][is_test]
-  _, cluster = np.unique(rows, return_inverse=True)
+  _, cluster = np.unique(feats["row"][is_test], return_inverse=True)
   counts = np.bincount(cluster)
   out = []
-  for layer in range(l1):
+  for layer in range(x.shape[0]):
     per_row = np.bincount(cluster, weights=hits[layer])
     out.append({"layer": layer, "acc": float(hits[layer].mean()),
                 "ci95": list(metrics.bootstrap_mean(per_row, counts,
