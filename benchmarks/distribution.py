@@ -4,7 +4,7 @@ Generates each split that stats.json describes for Tier 0 and Tier 1 (Tier 0
 train, Tier 1 train, every Tier 1 eval bucket), by default as many rows as
 the reference measured (100,000 / 200,000 / 20,000 each: 440,000 rows), and
 checks every figure within `--z` standard errors (tolerances in
-tinyvm_jax/_src/stats.py). Destination registers are checked against the
+tinyvm_jax.stats). Destination registers are checked against the
 uniform distribution, and Tier 0 train's printed values against their exact
 distribution (the reference's are skewed by its seeding defect: its literal
 repeats the draw of n). Prints every check, then one JSON line.
@@ -22,8 +22,8 @@ import time
 import jax
 import numpy as np
 
-from tinyvm_jax._src import stats as stats_lib
-from tinyvm_jax._src import tiers as tiers_lib
+import tinyvm_jax as tvm
+from tinyvm_jax import stats as stats_lib
 
 STATS = pathlib.Path(__file__).resolve().parents[1] / "tests/data/stats.json"
 
@@ -41,7 +41,7 @@ def summarize_split(tier, bucket, rows, seed_base, batch):
   parts = []
   for start in range(0, rows, batch):
     idx = np.arange(start, min(start + batch, rows))
-    r = tiers_lib.generate(tier, seed_base, split, bucket, idx)
+    r = tvm.generate(tier, seed_base, split, bucket, idx)
     parts.append(stats_lib.summarize(r, tier.axis_names))
   return stats_lib.concat(parts)
 
@@ -65,7 +65,7 @@ def main():
   for key, tier_name, bucket in splits(ref):
     if wanted and not any(key.startswith(w) for w in wanted):
       continue
-    tier = tiers_lib.get_tier(tier_name)
+    tier = tvm.get_tier(tier_name)
     rows = args.rows or int(ref[key]["rows"])
     s = summarize_split(tier, bucket, rows, args.seed_base, args.batch)
     support = (0,) if tier_name == "tier0" else tuple(range(8))

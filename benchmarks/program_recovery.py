@@ -3,7 +3,7 @@ gradient descent on instruction logits through the soft Tiny-VM.
 
 Prints one JSON line: success_rate, n_targets, wall_s (compile included),
 compile_s, run_s, cpu_s, the finer rates, and the settings. See
-`tinyvm_jax/_src/recovery.py` for the task and the fit.
+`tinyvm_jax.recovery_experiment` for the task and the fit.
 
   python benchmarks/program_recovery.py                 # 100 targets, opcodes
   python benchmarks/program_recovery.py --hide srcs --n-targets 50
@@ -14,7 +14,7 @@ import dataclasses
 import json
 import sys
 
-from tinyvm_jax._src.recovery import RecoveryConfig, run_demo
+from tinyvm_jax import RecoveryConfig, recovery_summary
 
 
 def main(argv=None) -> int:
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
   seed, n_targets = args.pop("seed"), args.pop("n_targets")
   config = RecoveryConfig(**args)
   try:
-    result = run_demo(seed=seed, n_targets=n_targets, config=config)
+    result = recovery_summary(seed=seed, n_targets=n_targets, config=config)
   except ValueError as e:
     parser.error(str(e))
   print(json.dumps(result))

@@ -7,7 +7,14 @@ $TINYVM_EXPERIMENTS_MODE), and writes under --out:
   <out>/<notebook>.ipynb          the executed notebook (outputs included)
   <out>/figures/<notebook>/*.png  every figure it displayed, by name
   <out>/results/<notebook>.json   the figures of merit it saved
+  <out>/checkpoints/*.npz         trained models (01 writes, 02 reads them)
+  <out>/predictions/<model>/<bucket>.jsonl   one row per evaluated row
+  <out>/jax_cache/                JAX's compilation cache, shared by kernels
   <out>/summary.json              status and seconds per notebook
+
+The kernels import `explib` from this folder and `tinyvm_jax` from this
+checkout (both are put first on their PYTHONPATH). A second run with the same
+--out resumes: finished checkpoints are loaded instead of trained again.
 
 Exits 1 if any notebook fails (the error is printed), 0 otherwise. The
 committed notebooks carry no outputs; run this to see them.
@@ -27,7 +34,7 @@ import tempfile
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
-MODES = ("smoke", "full")
+MODES = ("smoke", "cpu", "full")
 KERNEL = "tinyvm-experiments"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -64,34 +71,52 @@ def _figures(nb, dest: pathlib.Path) -> list[str]:
   return names
 
 
+def _client(nb, timeout: int, sockets: pathlib.Path):
+  """An nbclient client whose kernel talks over IPC (Unix sockets named
+  `sockets`-1, -2, ...), not TCP: local only, and without ipykernel's
+  warning that TCP is unencrypted. (The path must be absolute: the kernel
+  runs in the notebook's folder.)"""
+  import nbclient
+  from traitlets.config import Config
+
+  config = Config()
+  config.KernelManager.transport = "ipc"
+  config.KernelManager.ip = str(sockets)
+  return nbclient.NotebookClient(
+      nb, timeout=timeout, kernel_name=KERNEL, config=config,
+      resources={"metadata": {"path": str(HERE)}})
+
+
 def run(paths, *, mode: str, out: pathlib.Path, timeout: int,
         cache: bool = True) -> dict:
-  import nbclient
   import nbformat
 
+  out = out.resolve()
   out.mkdir(parents=True, exist_ok=True)
   jupyter_dir = pathlib.Path(tempfile.mkdtemp(prefix="tinyvm-kernel-"))
   _kernel_spec(jupyter_dir)
   os.environ["JUPYTER_PATH"] = os.pathsep.join(
       [str(jupyter_dir)] + [p for p in [os.environ.get("JUPYTER_PATH")] if p])
+  # connection files and IPC sockets in the temporary folder
+  os.environ["JUPYTER_RUNTIME_DIR"] = str(jupyter_dir / "runtime")
   os.environ["TINYVM_EXPERIMENTS_MODE"] = mode
   os.environ["TINYVM_EXPERIMENTS_OUT"] = str(out / "results")
+  os.environ["TINYVM_EXPERIMENTS_RUN"] = str(out)
   os.environ["PYTHONPATH"] = os.pathsep.join(
-      [str(HERE)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+      [str(HERE), str(HERE.parent)]
+      + [p for p in [os.environ.get("PYTHONPATH")] if p])
   os.environ.setdefault("MPLBACKEND", "Agg")
   if cache:
     # notebooks that compile the same function (the train step of 01 and
     # 02) share the compilation through JAX's persistent cache
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(out / "jax_cache"))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(out / "jax_cache")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
   summary = {"mode": mode, "notebooks": {}}
   t_all = time.perf_counter()
   for path in paths:
     name = path.stem
     nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(
-        nb, timeout=timeout, kernel_name=KERNEL,
-        resources={"metadata": {"path": str(HERE)}})
+    client = _client(nb, timeout, jupyter_dir / "ipc")
     t0 = time.perf_counter()
     status, error = "ok", None
     try:
@@ -119,7 +144,10 @@ def run(paths, *, mode: str, out: pathlib.Path, timeout: int,
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(
       description="Execute the experiments notebooks; write their figures.")
-  ap.add_argument("--mode", choices=MODES, default="smoke")
+  ap.add_argument("--mode", choices=MODES, default="smoke",
+                  help="smoke: minutes, checks the pipeline; cpu: about 14 "
+                  "CPU-minutes on 2 cores, the models learn; "
+                  "full: sized for one GPU")
   ap.add_argument("--out", type=pathlib.Path, required=True,
                   help="output folder (created)")
   ap.add_argument("--only", default="",

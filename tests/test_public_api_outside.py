@@ -13,15 +13,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHECKED = ("benchmarks", "experiments", "README.md")
 SUFFIXES = (".py", ".ipynb", ".md")
 
-# Being moved to the public API by other changes in flight; allowed until they
-# merge, then this tuple is emptied (paths relative to the repository root).
-_PENDING = (
-    "benchmarks/distribution.py",
-    "benchmarks/program_recovery.py",
-    "experiments",
-)
-
-
 def _files():
   for name in CHECKED:
     path = ROOT / name
@@ -32,16 +23,10 @@ def _files():
                         if p.is_file() and p.suffix in SUFFIXES)
 
 
-def _pending(rel: str) -> bool:
-  return any(rel == p or rel.startswith(p + "/") for p in _PENDING)
-
-
 def test_no_private_imports_outside_the_package():
   offenders = []
   for path in _files():
     rel = path.relative_to(ROOT).as_posix()
-    if _pending(rel):
-      continue
     for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
       if "_src" in line:
         offenders.append(f"{rel}:{i}: {line.strip()}")

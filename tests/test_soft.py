@@ -472,10 +472,10 @@ def test_fit_recovers_short_programs():
 ])
 def test_recovery_rejects_bad_config(config, match):
   with pytest.raises(ValueError, match=match):
-    recovery.run_demo(n_targets=1,
+    recovery.recovery_summary(n_targets=1,
                       config=recovery.RecoveryConfig(**config))
 
 
 def test_run_demo_rejects_bad_n_targets():
   with pytest.raises(ValueError, match="n_targets must be an int >= 1"):
-    recovery.run_demo(n_targets=0)
+    recovery.recovery_summary(n_targets=0)

@@ -60,6 +60,7 @@ from tinyvm_jax._src.branched import gen_branched
 from tinyvm_jax._src.tiers import build
 from tinyvm_jax._src.tiers import generate
 from tinyvm_jax._src.tiers import get_tier
+from tinyvm_jax._src.tiers import make_row
 from tinyvm_jax._src.tiers import Tier
 from tinyvm_jax._src.tiers import TIERS
 from tinyvm_jax._src.keys import axes_key
@@ -76,7 +77,10 @@ from tinyvm_jax._src.userop.api import generate_userop_rows
 from tinyvm_jax._src.userop.api import substitute
 from tinyvm_jax._src.userop.api import UserOp
 
-# Differentiable execution
+# Differentiable execution and program recovery
+from tinyvm_jax._src.recovery import recovery_experiment
+from tinyvm_jax._src.recovery import recovery_summary
+from tinyvm_jax._src.recovery import RecoveryConfig
 from tinyvm_jax._src.soft import harden
 from tinyvm_jax._src.soft import program_from_soft
 from tinyvm_jax._src.soft import soft_from_logits
@@ -134,6 +138,7 @@ __all__ = (
     "build",
     "generate",
     "get_tier",
+    "make_row",
     "Tier",
     "TIERS",
     "axes_key",
@@ -148,7 +153,10 @@ __all__ = (
     "generate_userop_rows",
     "substitute",
     "UserOp",
-    # Differentiable execution
+    # Differentiable execution and program recovery
+    "recovery_experiment",
+    "recovery_summary",
+    "RecoveryConfig",
     "harden",
     "program_from_soft",
     "soft_from_logits",

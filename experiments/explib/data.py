@@ -16,34 +16,46 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tinyvm_jax
+from tinyvm_jax import Rows
 
-from tinyvm_jax._src import keys as keys_lib
-from tinyvm_jax._src import tiers as tiers_lib
-from tinyvm_jax._src.types import Rows
-
-MODES = ("smoke", "full")
+MODES = ("smoke", "cpu", "full")
 TRAIN = "train"   # the name this module gives the train split among buckets
 REPO = pathlib.Path(__file__).resolve().parents[2]
 STATS_PATH = REPO / "tests" / "data" / "stats.json"
 
 
+# Token ids by name, from the public vocabulary.
+TOKEN_ID = {name: i for i, name in enumerate(tinyvm_jax.TOKENS)}
+PAD, BOS, EOS = TOKEN_ID["PAD"], TOKEN_ID["BOS"], TOKEN_ID["EOS"]
+NEWLINE, EQUALS, MINUS = (TOKEN_ID["NEWLINE"], TOKEN_ID["EQUALS"],
+                          TOKEN_ID["MINUS"])
+DIGIT0, R0 = TOKEN_ID["0"], TOKEN_ID["R0"]
+NUM_REGS = sum(1 for t in tinyvm_jax.TOKENS if re.fullmatch(r"R\d", t))
+OP_NAMES = tuple(tinyvm_jax.TOKENS[:TOKEN_ID["HALT"] + 1])   # LOAD .. HALT
+# opcodes that write their first register operand (spec section 2)
+WRITING_OPS = tuple(OP_NAMES.index(o) for o in (
+    "LOAD", "MOV", "ADD", "SUB", "MUL", "DIV", "NEG", "EQ", "LT", "POP"))
+
+
 @functools.partial(jax.jit, static_argnames=("tier", "shapes", "renders",
                                              "token_lengths"))
-def _rows(tier, key_data, axes, sample, *, shapes, renders, token_lengths):
-  def one(kd, ax, s):
-    key = jax.random.wrap_key_data(kd, impl=keys_lib.IMPL)
-    drawn = tier.sample_axes(keys_lib.axes_key(key))
-    ax = jnp.where(s, drawn, ax)
-    return tiers_lib.make_row(tier, key, axes=ax, shapes=shapes,
-                              renders=renders,
-                              token_lengths=dict(token_lengths))
-  return jax.vmap(one)(key_data, axes, sample)
+def _rows(tier, keys, axes, sample, *, shapes, renders, token_lengths):
+  """Rows from row keys: [N, A] fixed `axes`, or where `sample` [N] the axes
+  a train row draws from its key."""
+  def one(key, ax, s):
+    # the train axes of the key (XLA drops this row's unused program)
+    drawn = tinyvm_jax.make_row(tier, key, shapes=shapes, renders=()).axes
+    return tinyvm_jax.make_row(tier, key, axes=jnp.where(s, drawn, ax),
+                               shapes=shapes, renders=renders,
+                               token_lengths=dict(token_lengths))
+  return jax.vmap(one)(keys, axes, sample)
 
 
 @functools.partial(jax.jit, static_argnames=("seed", "split", "bucket"))
-def _key_data(indices, *, seed, split, bucket):
-  return jax.vmap(lambda i: jax.random.key_data(
-      keys_lib.row_key(seed, split, bucket, i)))(indices)
+def _keys(indices, *, seed, split, bucket):
+  return jax.vmap(lambda i: tinyvm_jax.row_key(seed, split, bucket, i))(
+      indices)
 
 
 def dataset_rows(tier, seed: int, buckets: Sequence[str], size: int, *,
@@ -66,37 +78,37 @@ def dataset_rows(tier, seed: int, buckets: Sequence[str], size: int, *,
   Returns:
     {split name: `Rows`} with leading dimension `size`.
   """
-  tier = tiers_lib.get_tier(tier)
+  tier = tinyvm_jax.get_tier(tier)
   if not buckets:
     raise ValueError("buckets must name at least one split")
   if isinstance(size, bool) or not isinstance(size, int) or size < 1:
     raise ValueError(f"size must be a positive int, got {size!r}")
-  shapes_list = []
-  kd, axes, sample = [], [], []
-  index = jnp.arange(start, start + size, dtype=jnp.int32)
   for name in buckets:
-    if name == TRAIN:
-      split, bucket, ax = "train", None, np.zeros(tier.num_axes, np.int32)
-      shapes_list.append(tier.train_shapes)
-    else:
-      b = tier.bucket(name)
-      split, bucket, ax = "eval", name, np.asarray(b.axes, np.int32)
-      shapes_list.append(b.shapes)
-    kd.append(_key_data(index, seed=seed, split=split, bucket=bucket))
-    axes.append(np.broadcast_to(ax, (size, tier.num_axes)))
-    sample.append(np.full(size, name == TRAIN))
-  shapes = tiers_lib.Shapes(**{
-      f.name: max(getattr(s, f.name) for s in shapes_list)
-      for f in dataclasses.fields(tiers_lib.Shapes)})
+    if name != TRAIN:
+      tier.bucket(name)   # raises for an unknown bucket
+  every = [tier.shapes(None if b == TRAIN else b) for b in buckets]
+  # one Shapes that fits every split asked for
+  shapes = dataclasses.replace(every[0], **{
+      f.name: max(getattr(s, f.name) for s in every)
+      for f in dataclasses.fields(every[0])})
   lengths = {r: shapes.token_lengths(r) for r in renders}
   lengths.update(token_lengths or {})
-  rows = _rows(tier, jnp.concatenate(kd), jnp.asarray(np.concatenate(axes)),
-               jnp.asarray(np.concatenate(sample)), shapes=shapes,
-               renders=tuple(renders),
+  index = jnp.arange(start, start + size, dtype=jnp.int32)
+  keys, axes = [], []
+  for b in buckets:
+    train = b == TRAIN
+    keys.append(_keys(index, seed=seed, split="train" if train else "eval",
+                      bucket=None if train else b))
+    ax = np.zeros(tier.num_axes) if train else tier.bucket(b).axes
+    axes.append(np.broadcast_to(np.asarray(ax, np.int32),
+                                (size, tier.num_axes)))
+  sample = np.repeat([b == TRAIN for b in buckets], size)
+  rows = _rows(tier, jnp.concatenate(keys), jnp.asarray(np.concatenate(axes)),
+               jnp.asarray(sample), shapes=shapes, renders=tuple(renders),
                token_lengths=tuple(sorted(lengths.items())))
-  return {name: jax.tree_util.tree_map(lambda x: x[i * size:(i + 1) * size],
-                                       rows)
-          for i, name in enumerate(buckets)}
+  return {b: jax.tree_util.tree_map(lambda x: x[i * size:(i + 1) * size],
+                                    rows)
+          for i, b in enumerate(buckets)}
 
 
 def reference_stats() -> dict:

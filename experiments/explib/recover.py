@@ -1,60 +1,29 @@
 """A sweep of gradient-based program recovery over program lengths.
 
-`sweep` runs the soft-execution recovery (`tinyvm_jax._src.recovery`) on
-`n_targets` tasks whose fill length n is uniform in [n_min, n_max], all in
-one jitted call (one compilation for every length), and returns per task
+`sweep` runs `tinyvm_jax.recovery_experiment` (the soft-execution recovery)
+on `n_targets` tasks whose fill length n is uniform in [n_min, n_max], all
+in one jitted call (one compilation for every length), and returns per task
 its n, whether it was solved, and the hidden and the recovered program, so
 the notebook can plot the success rate against n. Settings not given take
-the recovery module's defaults.
+`tinyvm_jax.RecoveryConfig`'s defaults.
 """
 
 import dataclasses
 import functools
-import inspect
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-
-from tinyvm_jax._src import recovery
+import tinyvm_jax
 
 
 def defaults() -> dict:
-  """The recovery module's default settings (`recovery.RecoveryConfig`)."""
-  return dataclasses.asdict(recovery.RecoveryConfig())
+  """The recovery's default settings (`tinyvm_jax.RecoveryConfig`)."""
+  return dataclasses.asdict(tinyvm_jax.RecoveryConfig())
 
 
-def _kwargs(fn, cfg: dict) -> dict:
-  names = inspect.signature(fn).parameters
-  return {k: v for k, v in cfg.items() if k in names}
-
-
-@functools.partial(jax.jit, static_argnames=("n_targets", "config"))
-def _sweep(key, *, n_targets, config):
-  # `recovery.recovery_experiment`, also returning the programs for display
-  cfg = dataclasses.asdict(config)
-  hide, n_train = config.hide, config.n_train
-  task_kw = _kwargs(recovery.sample_task, cfg)
-  fit_kw = _kwargs(recovery.fit, cfg)
-
-  def one(i):
-    task = recovery.sample_task(
-        jax.random.fold_in(jax.random.fold_in(key, 0), i),
-        n_examples=n_train + config.n_test, **task_kw)
-    logits, loss = recovery.fit(
-        task, jax.random.fold_in(jax.random.fold_in(key, 1), i), **fit_kw)
-    res = recovery.evaluate(task, logits, loss, hide=hide, n_train=n_train)
-    # the kept restart, chosen as `evaluate` does
-    progs = jax.vmap(lambda l: recovery.decode(task.program, l, hide=hide))(
-        logits)
-    final, output = jax.vmap(
-        lambda p: recovery.run_examples(p, task.inputs))(progs)
-    ok = jnp.all(final == task.final, -1) & (output == task.output)
-    best = jnp.lexsort((loss, -ok[:, :n_train].sum(-1)))[0]
-    found = jax.tree_util.tree_map(lambda x: x[best], progs)
-    return dict(res, n=task.program.length - 2, program=task.program,
-                found_program=found)
-  return jax.vmap(one)(jnp.arange(n_targets))
+_sweep = jax.jit(functools.partial(tinyvm_jax.recovery_experiment,
+                                   programs=True),
+                 static_argnums=(1, 2))
 
 
 def sweep(seed: int, n_targets: int, **settings) -> dict:
@@ -63,7 +32,7 @@ def sweep(seed: int, n_targets: int, **settings) -> dict:
   Args:
     seed: the sweep's key seed.
     n_targets: tasks.
-    **settings: fields of `recovery.RecoveryConfig` (hide, n_min, n_max,
+    **settings: fields of `tinyvm_jax.RecoveryConfig` (hide, n_min, n_max,
       restarts, steps, ...); the others keep their defaults.
   """
   unknown = set(settings) - set(defaults())
@@ -73,9 +42,9 @@ def sweep(seed: int, n_targets: int, **settings) -> dict:
   if isinstance(n_targets, bool) or not isinstance(n_targets, int) or (
       n_targets < 1):
     raise ValueError(f"n_targets must be a positive int, got {n_targets!r}")
-  config = recovery.RecoveryConfig(**settings)
+  config = tinyvm_jax.RecoveryConfig(**settings)
   config.check()
-  out = _sweep(jax.random.key(seed), n_targets=n_targets, config=config)
+  out = _sweep(jax.random.key(seed), n_targets, config)
   return jax.tree_util.tree_map(np.asarray, out)
 
 

@@ -1,19 +1,24 @@
-"""Training and evaluating the transformer on a render, batches in-graph.
+"""Training the transformer on a render, batches in-graph, with checkpoints.
 
 A training sequence is a row's input followed directly by its target
 (`BOS program EOS BOS answer EOS`, then PAD). The loss is next-token cross
 entropy on the target's tokens after its BOS. Every train step samples its
-own batch with `sampling.sample_batch` inside the jitted step (no host data
-pipeline); a `lax.scan` runs `chunk` steps per call.
+own batch with `tinyvm_jax.sample_batch` inside the jitted step (no host
+data pipeline), from the train split's axes or, with `TrainConfig.bucket`,
+an eval bucket's fixed axes; a `lax.scan` runs `chunk` steps per call.
 
-Exact match is measured with teacher forcing: every target token is the
-argmax given the true prefix. For a deterministic target that is the same as
-greedy decoding reproducing the whole target, so no decoding loop is needed.
+With a checkpoint path, `train` saves the parameters, the optimiser state
+and the history after every chunk (`explib.checkpoint`, `.npz`) and resumes
+from the file when it exists: the batches are a function of the step, so a
+resumed run continues exactly as an uninterrupted one would, and a finished
+run is loaded instead of trained again.
+
+Evaluation (greedy decoding, exact match, predictions files) is in
+`explib.evaluate`.
 """
 
-import collections
 import dataclasses
-import functools
+import pathlib
 import time
 from typing import Callable
 
@@ -21,12 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tinyvm_jax
 
-from tinyvm_jax._src import isa
-from tinyvm_jax._src import sampling
-from tinyvm_jax._src import tiers as tiers_lib
-from tinyvm_jax._src.types import Rows
-
+from explib import checkpoint as ckpt_lib
+from explib import data
 from explib import model as model_lib
 
 
@@ -34,6 +37,8 @@ from explib import model as model_lib
 class TrainConfig:
   tier: str = "tier1"
   render: str = "direct"
+  bucket: str | None = None     # train on this eval bucket's axes; None:
+                                # the train split's sampled axes
   batch_size: int = 32
   steps: int = 200
   chunk: int = 50               # steps per jitted call (a lax.scan)
@@ -50,8 +55,8 @@ class TrainConfig:
                        f"chunk={self.chunk}")
 
   def token_lengths(self) -> tuple[int, int]:
-    t_in, t_out = tiers_lib.get_tier(self.tier).shapes().token_lengths(
-        self.render)
+    t_in, t_out = tinyvm_jax.get_tier(self.tier).shapes(
+        self.bucket).token_lengths(self.render)
     return self.max_input_len or t_in, self.max_target_len or t_out
 
 
@@ -68,8 +73,8 @@ def _pack_one(inp, n_in, tgt, n_out, size):
   t = j - n_in
   seq = jnp.where(j < n_in, inp[jnp.clip(j, 0, inp.shape[0] - 1)],
                   jnp.where(t < n_out, tgt[jnp.clip(t, 0, tgt.shape[0] - 1)],
-                            isa.TOK_PAD))
-  labels = jnp.concatenate([seq[1:], jnp.full((1,), isa.TOK_PAD, seq.dtype)])
+                            data.PAD))
+  labels = jnp.concatenate([seq[1:], jnp.full((1,), data.PAD, seq.dtype)])
   # position j predicts token j + 1; score target tokens 1 .. n_out - 1
   mask = (j + 1 > n_in) & (j + 1 < n_in + n_out)
   return seq, labels, mask
@@ -122,8 +127,9 @@ def make_chunk(cfg: model_lib.ModelConfig, tc: TrainConfig,
   def step(carry, i):
     params, opt_state, key_data, start = carry
     key = jax.random.fold_in(jax.random.wrap_key_data(key_data), start + i)
-    b = sampling.sample_batch(key, tc.tier, tc.batch_size, render=tc.render,
-                              max_input_len=t_in, max_target_len=t_out)
+    b = tinyvm_jax.sample_batch(key, tc.tier, tc.batch_size,
+                                render=tc.render, bucket=tc.bucket,
+                                max_input_len=t_in, max_target_len=t_out)
     seq, labels, mask = pack(b.input_ids, b.input_mask.sum(-1),
                              b.target_ids, b.target_mask.sum(-1))
     mask = mask & b.valid[:, None]
@@ -144,13 +150,29 @@ def make_chunk(cfg: model_lib.ModelConfig, tc: TrainConfig,
   return chunk
 
 
+def checkpoint_path(folder, name: str, cfg: model_lib.ModelConfig,
+                    tc: TrainConfig) -> pathlib.Path:
+  """`folder/<name>-<hash of both configurations>.npz`."""
+  config = {"model": dataclasses.asdict(cfg), "train": dataclasses.asdict(tc)}
+  return pathlib.Path(folder) / f"{name}-{ckpt_lib.fingerprint(config)}.npz"
+
+
 def train(cfg: model_lib.ModelConfig, tc: TrainConfig, *, params=None,
-          log: Callable | None = print) -> tuple[dict, dict]:
+          checkpoint=None, log: Callable | None = print
+          ) -> tuple[dict, dict]:
   """Trains from `params` (default: a fresh init from `tc.seed`).
+
+  Args:
+    cfg, tc: the model and training configurations.
+    params: initial parameters; default `model.init(fold_in(key(seed), 0))`.
+    checkpoint: a `.npz` path (see `checkpoint_path`): resumed from when it
+      exists, written after every chunk.
+    log: called with a progress line per chunk (None: silent).
 
   Returns:
     (params, history) with history arrays "step", "loss", "token_acc",
-    "exact" (per step, on the step's own batch) and "seconds".
+    "exact" (per step, on the step's own batch), "seconds" (training time,
+    all runs together) and "resumed_from" (the step a checkpoint gave).
   """
   key = jax.random.key(tc.seed)
   if params is None:
@@ -158,88 +180,39 @@ def train(cfg: model_lib.ModelConfig, tc: TrainConfig, *, params=None,
   data_key = jax.random.key_data(jax.random.fold_in(key, 1))
   opt = make_optimizer(tc)
   opt_state = opt.init(params)
-  chunk = make_chunk(cfg, tc, opt)
   hist = {"loss": [], "token_acc": [], "exact": []}
+  done, seconds = 0, 0.0
+  if checkpoint is not None and pathlib.Path(checkpoint).exists():
+    state, meta = ckpt_lib.load(checkpoint, like={"params": params,
+                                                   "opt_state": opt_state})
+    params, opt_state = state["params"], state["opt_state"]
+    done, seconds = meta["step"], meta["seconds"]
+    hist = {k: [np.asarray(v, np.float32)] for k, v in meta["history"].items()}
+    if log:
+      log(f"resumed from {checkpoint} at step {done}")
+  resumed_from = done
+  chunk = make_chunk(cfg, tc, opt) if done < tc.steps else None
   t0 = time.time()
-  for start in range(0, tc.steps, tc.chunk):
+  for start in range(done, tc.steps, tc.chunk):
     params, opt_state, (loss, acc, exact) = chunk(
         params, opt_state, data_key, jnp.int32(start))
     for name, v in zip(("loss", "token_acc", "exact"), (loss, acc, exact)):
       hist[name].append(np.asarray(v))
+    if checkpoint is not None:
+      ckpt_lib.save(checkpoint, {"params": params, "opt_state": opt_state},
+                    meta={"step": start + tc.chunk,
+                          "seconds": seconds + time.time() - t0,
+                          "model": dataclasses.asdict(cfg),
+                          "train": dataclasses.asdict(tc),
+                          "history": {k: np.concatenate(v).tolist()
+                                      for k, v in hist.items()}})
     if log:
       log(f"step {start + tc.chunk:6d}  loss {float(loss[-1]):.4f}  "
           f"token acc {float(acc[-1]):.3f}  exact {float(exact[-1]):.3f}  "
           f"({time.time() - t0:.0f} s)")
-  out = {k: np.concatenate(v) for k, v in hist.items()}
-  out["step"] = np.arange(1, tc.steps + 1)
-  out["seconds"] = time.time() - t0
+  out = {k: np.concatenate(v) if v else np.zeros(0, np.float32)
+         for k, v in hist.items()}
+  out["step"] = np.arange(1, len(out["loss"]) + 1)
+  out["seconds"] = seconds + time.time() - t0
+  out["resumed_from"] = resumed_from
   return params, out
-
-
-# ------------------------------------------------------------- evaluation
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _eval_batch(params, seq, labels, mask, *, cfg):
-  _, (acc, exact) = loss_and_metrics(params, cfg, seq, labels, mask)
-  return exact
-
-
-def _sequences(rows: Rows, render: str):
-  """Host: packed sequences of a split's rows, trimmed to its longest row."""
-  r = rows.renders[render]
-  n_in, n_out = np.asarray(r.input.length), np.asarray(r.target.length)
-  t_in, t_out = r.input.ids.shape[1], r.target.ids.shape[1]
-  valid = ((np.asarray(rows.trace.error) == 0) & (n_in <= t_in)
-           & (n_out <= t_out))
-  inp = np.asarray(r.input.ids)[:, :max(1, int(n_in.max(initial=1)))]
-  tgt = np.asarray(r.target.ids)[:, :max(1, int(n_out.max(initial=1)))]
-  return inp, np.minimum(n_in, t_in), tgt, np.minimum(n_out, t_out), valid
-
-
-def evaluate(params, cfg: model_lib.ModelConfig, rows_by_split: dict,
-             render: str, *, batch_size: int = 64, multiple: int = 1
-             ) -> dict[str, dict]:
-  """Exact match per split (teacher forced, whole target).
-
-  Args:
-    params, cfg: the model.
-    rows_by_split: {name: Rows} (e.g. from `data.dataset_rows`).
-    render: the render scored (its input in, its target out).
-    batch_size: rows per forward pass.
-    multiple: sequence lengths are padded up to a multiple of this (fewer
-      distinct lengths, fewer compilations).
-
-  Returns:
-    {name: {"exact": fraction of valid rows fully right, "rows": valid rows,
-    "constant": the fraction a constant model scores, one always giving
-    that split's most common target, "tokens": sequence length}}.
-  """
-  out = {}
-  for name, rows in rows_by_split.items():
-    inp, n_in, tgt, n_out, valid = _sequences(rows, render)
-    seq, labels, mask = jax.tree_util.tree_map(
-        np.asarray, pack(jnp.asarray(inp), jnp.asarray(n_in),
-                         jnp.asarray(tgt), jnp.asarray(n_out)))
-    extra = -seq.shape[1] % multiple
-    if extra:
-      widen = lambda x, v: np.pad(x, ((0, 0), (0, extra)), constant_values=v)
-      seq, labels, mask = (widen(seq, isa.TOK_PAD), widen(labels, isa.TOK_PAD),
-                           widen(mask, False))
-    n = seq.shape[0]
-    pad = -n % batch_size
-    if pad:
-      seq, labels, mask = (np.concatenate([x, x[:pad]]) for x in
-                           (seq, labels, mask))
-    exact = np.concatenate([
-        np.asarray(_eval_batch(params, seq[i:i + batch_size],
-                         labels[i:i + batch_size], mask[i:i + batch_size],
-                         cfg=cfg))
-        for i in range(0, seq.shape[0], batch_size)])[:n]
-    answers = collections.Counter(
-        tuple(t[:k].tolist()) for t, k, v in zip(tgt, n_out, valid) if v)
-    out[name] = {"exact": float(exact[valid].mean()) if valid.any() else
-                 float("nan"),
-                 "rows": int(valid.sum()),
-                 "constant": max(answers.values(), default=0) / max(
-                     int(valid.sum()), 1),
-                 "tokens": int(seq.shape[1])}
-  return out

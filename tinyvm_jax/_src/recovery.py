@@ -235,6 +235,18 @@ def fit(task: Task, key: jax.Array, *, hide: str, restarts: int, steps: int,
   return logits, final_loss
 
 
+def _kept_restart(task: Task, logits: jax.Array, loss: jax.Array, *,
+                  hide: str, n_train: int):
+  """Every restart's argmax program, which examples each reproduces
+  ([restarts, E] bool), and the index of the restart kept: the most training
+  examples fitted, ties broken by the lower soft loss."""
+  progs = jax.vmap(lambda l: decode(task.program, l, hide=hide))(logits)
+  final, output = jax.vmap(lambda p: run_examples(p, task.inputs))(progs)
+  ok = jnp.all(final == task.final, -1) & (output == task.output)  # [R, E]
+  n_fit = ok[:, :n_train].sum(-1)
+  return progs, ok, jnp.lexsort((loss, -n_fit))[0]
+
+
 def evaluate(task: Task, logits: jax.Array, loss: jax.Array, *, hide: str,
              n_train: int) -> dict[str, jax.Array]:
   """Picks a restart and checks its argmax program exactly.
@@ -246,11 +258,8 @@ def evaluate(task: Task, logits: jax.Array, loss: jax.Array, *, hide: str,
     `same_live` (equal on the live instructions, see `live_rows`), `loss`
     of the kept restart, and the task's fill length `n`; all [] arrays.
   """
-  progs = jax.vmap(lambda l: decode(task.program, l, hide=hide))(logits)
-  final, output = jax.vmap(lambda p: run_examples(p, task.inputs))(progs)
-  ok = jnp.all(final == task.final, -1) & (output == task.output)  # [R, E]
-  n_fit = ok[:, :n_train].sum(-1)
-  best = jnp.lexsort((loss, -n_fit))[0]
+  progs, ok, best = _kept_restart(task, logits, loss, hide=hide,
+                                  n_train=n_train)
   if hide == "ops":
     same = progs.op[best] == task.program.op
   else:
@@ -303,13 +312,15 @@ class RecoveryConfig:
 
 
 def recovery_experiment(key: jax.Array, n_targets: int,
-                        config: RecoveryConfig = RecoveryConfig()
-                        ) -> dict[str, jax.Array]:
+                        config: RecoveryConfig = RecoveryConfig(), *,
+                        programs: bool = False) -> dict[str, jax.Array]:
   """Samples `n_targets` tasks and fits each (key consumed).
 
   Returns:
-    The per-task results of `evaluate`, as [n_targets] arrays. Jit this
-    with `n_targets` and `config` static.
+    The per-task results of `evaluate`, as [n_targets] arrays; with
+    `programs`, also the hidden `program` and the kept restart's argmax
+    `found_program` ([n_targets, P] `Program`s). Jit this with `n_targets`,
+    `config` and `programs` static.
   """
   c = config
   c.check()
@@ -324,11 +335,17 @@ def recovery_experiment(key: jax.Array, n_targets: int,
                        lr=c.lr, t_start=c.t_start, t_end=c.t_end,
                        n_train=c.n_train, init_scale=c.init_scale,
                        hard_frac=c.hard_frac)
-    return evaluate(task, logits, loss, hide=c.hide, n_train=c.n_train)
+    res = evaluate(task, logits, loss, hide=c.hide, n_train=c.n_train)
+    if programs:
+      progs, _, best = _kept_restart(task, logits, loss, hide=c.hide,
+                                     n_train=c.n_train)
+      res.update(program=task.program, found_program=jax.tree_util.tree_map(
+          lambda x: x[best], progs))
+    return res
   return jax.vmap(one)(jnp.arange(n_targets))
 
 
-def run_demo(seed: int = 0, n_targets: int = 100,
+def recovery_summary(seed: int = 0, n_targets: int = 100,
              config: RecoveryConfig = RecoveryConfig()) -> dict[str, Any]:
   """Host entry point: runs `recovery_experiment` jitted, returns a
   JSON-ready summary: the success rate, wall time (compile included, and
