@@ -29,9 +29,12 @@ SCRIPT = EXPERIMENTS / "run_notebooks.py"
 NOTEBOOKS = sorted(EXPERIMENTS.glob("[0-9][0-9]_*.ipynb"))
 EXTRA = ("optax", "nbclient", "nbformat", "ipykernel", "matplotlib")
 MISSING = [m for m in EXTRA if importlib.util.find_spec(m) is None]
-needs_extra = pytest.mark.skipif(
-    bool(MISSING), reason=f"the experiments extra is not installed (missing "
-    f"{', '.join(MISSING)}): pip install -e '.[experiments]'")
+
+
+def test_the_experiments_extra_is_installed():
+  """The README's test install has it: these tests fail, never skip."""
+  assert not MISSING, (f"missing {', '.join(MISSING)}: pip install -e "
+                       "'.[test,parquet,hub,experiments]'")
 
 # Figures each notebook must render (by the names it gives them).
 FIGURES = {
@@ -76,7 +79,6 @@ def _run(*args, timeout=60):
                         env=env)
 
 
-@needs_extra
 @pytest.mark.parametrize("args, message", [
     (["--mode", "bogus"], "invalid choice: 'bogus'"),
     (["--only", "07"], "--only names no notebook: ['07']"),
@@ -87,7 +89,6 @@ def test_run_notebooks_rejects_bad_arguments(tmp_path, args, message):
   assert message in proc.stderr
 
 
-@needs_extra
 def test_every_notebook_runs_in_smoke_mode(tmp_path):
   proc = _run("--mode", "smoke", "--out", str(tmp_path), timeout=1800)
   assert proc.returncode == 0, proc.stdout + proc.stderr[-6000:]
@@ -137,7 +138,6 @@ def _explib():
   return explib
 
 
-@needs_extra
 @pytest.mark.parametrize("call, message", [
     (lambda e: e.model.ModelConfig(d_model=30, n_heads=4),
      "must be a multiple of 2 * n_heads"),
@@ -186,7 +186,6 @@ def _targets(rows, render):
   return np.asarray(rows.renders[render].target.ids)
 
 
-@needs_extra
 def test_wilson_interval():
   m = _explib().metrics
   assert m.wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
@@ -196,7 +195,6 @@ def test_wilson_interval():
   assert lo == hi == 0.5
 
 
-@needs_extra
 @pytest.mark.parametrize("render", ["direct", "cot_modified"])
 def test_the_truth_scores_one(len8_rows, render):
   m = _explib().metrics
@@ -209,7 +207,6 @@ def test_the_truth_scores_one(len8_rows, render):
   assert [p for p in res["parsed"]] == [[int(v)] for v in printed]
 
 
-@needs_extra
 @pytest.mark.parametrize("render", ["direct", "cot_modified"])
 def test_a_constant_model_scores_its_baseline(len8_rows, render):
   m = _explib().metrics
@@ -242,7 +239,6 @@ def _answering(cfg, answer_ids):
   return params
 
 
-@needs_extra
 def test_greedy_decoding_of_a_model_that_gives_the_answer(len8_rows,
                                                           tmp_path):
   e = _explib()
@@ -276,7 +272,6 @@ def test_greedy_decoding_of_a_model_that_gives_the_answer(len8_rows,
   assert [r["index"] for r in rows] == list(range(48))
 
 
-@needs_extra
 def test_cached_decoding_equals_the_full_forward_pass():
   e = _explib()
   cfg = e.model.ModelConfig(d_model=16, n_layers=2, n_heads=2, d_ff=32)
@@ -298,7 +293,6 @@ def test_cached_decoding_equals_the_full_forward_pass():
       assert (pred[i, 1:stop + 1] == argmax[:stop]).all()
 
 
-@needs_extra
 def test_checkpoints_round_trip_and_training_resumes(tmp_path):
   e = _explib()
   import explib.checkpoint as ckpt
