@@ -122,9 +122,13 @@ def root_attributes(plan: Plan) -> dict:
       "groups": {s.name: s.num_rows for s in plan.splits}}}
 
 
-def hub_readme(plan: Plan) -> str:
+_COLUMNS = "meta, program, trace, renders (the reference's JSONL row schema)"
+
+
+def hub_readme(plan: Plan, columns: str = _COLUMNS) -> str:
   """README.md whose YAML `configs` name the Parquet files of each split,
-  so `datasets.load_dataset(dir)` reads them (and not the JSONL files)."""
+  so `datasets.load_dataset(dir)` reads them (and not the JSONL files);
+  `columns`: the row source's (`sources.RowSource.columns`)."""
   lines = ["---", "configs:", "- config_name: default", "  data_files:"]
   for s in plan.splits:
     lines += [f"  - split: {s.hf_split}",
@@ -132,8 +136,7 @@ def hub_readme(plan: Plan) -> str:
   lines += ["---", "", f"# Tiny-VM {plan.tier.name}", "",
             f"Rows of the Tiny-VM {plan.tier.name} dataset, seed base "
             f"{plan.seed_base}, written by tinyvm_jax "
-            f"{manifest_lib.package_version()}. Columns: meta, program, "
-            "trace, renders (the reference's JSONL row schema).", "",
+            f"{manifest_lib.package_version()}. Columns: {columns}.", "",
             "| split | rows |", "|---|---:|"]
   lines += [f"| {s.hf_split} | {s.num_rows} |" for s in plan.splits]
   return "\n".join(lines) + "\n"
@@ -155,10 +158,12 @@ def is_prepared(plan: Plan, tier_dir: Path) -> bool:
     return False
 
 
-def prepare(plan: Plan, tier_dir: Path, log: Callable[[str], None]) -> bool:
+def prepare(plan: Plan, tier_dir: Path, log: Callable[[str], None],
+            columns: str = _COLUMNS) -> bool:
   """fresh -> parts. Keeps the `.partial` of an unfinished emit with the
   same settings (returns True), or starts afresh (removing the old
-  manifest first, then every old output) and lays out the new `.partial`."""
+  manifest first, then every old output) and lays out the new `.partial`
+  (`columns`: the Parquet columns, for the dataset card)."""
   if is_prepared(plan, tier_dir):
     return True
   work = tier_dir / PARTIAL
@@ -175,7 +180,7 @@ def prepare(plan: Plan, tier_dir: Path, log: Callable[[str], None]) -> bool:
     zarr_store.write_group(work / zarr_store.STORE_NAME,
                            root_attributes(plan))
   if "parquet" in plan.formats:
-    (work / README).write_text(hub_readme(plan))
+    (work / README).write_text(hub_readme(plan, columns))
   manifest_lib.write_atomic(work / FINGERPRINT, plan.fingerprint().encode())
   return False
 
