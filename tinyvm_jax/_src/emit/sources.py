@@ -9,7 +9,7 @@ those differences for a family of tiers:
   kernel (`kernels.rows_batch`), one row class at a time (`classes`);
   written by `io.jsonl`, `io.parquet` and `io.zarr_store`.
 - `UseropSource` (Tier 4, `userop.UseropTier`): `UseropRow`s from
-  `userop.tier.generate` (a jitted call on the default device, every row at
+  `userop.tier.generate` (a jitted call on the first device, every row at
   its split's sizes); written by `userop.formats`.
 
 `make_source(plan)` picks one by the plan's tier.
@@ -126,14 +126,15 @@ def _userop_example(tier, bucket, renders):
 
 class UseropSource:
   """Tier 4: contiguous batches of a part, every row at its split's sizes,
-  generated on the default device (`userop.tier.generate`)."""
+  generated on the first of the devices (`userop.tier.generate`)."""
   columns = "meta, demos, target, renders (the Tier 4 userop row schema)"
 
   def __init__(self, plan: Plan):
     self.plan = plan
 
   def start(self, devices: Sequence[Any], max_classes: int) -> None:
-    del devices, max_classes   # one class: the split's sizes
+    del max_classes   # one class: the split's sizes
+    self.device = devices[0]   # the first device of the chosen platform
 
   def batches(self, sp: SplitPlan, part: int):
     lo, hi = sp.part_range(part, self.plan.part_rows)
@@ -143,9 +144,10 @@ class UseropSource:
 
   def dispatch(self, sp: SplitPlan, key, positions: np.ndarray):
     del key
-    return userop_tier.generate(self.plan.seed_base, sp.split, sp.bucket,
-                                positions, tier=self.plan.tier,
-                                renders=self.plan.renders)
+    with jax.default_device(self.device):
+      return userop_tier.generate(self.plan.seed_base, sp.split, sp.bucket,
+                                  positions, tier=self.plan.tier,
+                                  renders=self.plan.renders)
 
   def to_host(self, sp: SplitPlan, key, rows, count: int):
     del sp, key
