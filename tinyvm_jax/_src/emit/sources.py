@@ -23,6 +23,7 @@ from jax.sharding import Mesh
 import numpy as np
 
 from tinyvm_jax._src import batching
+from tinyvm_jax._src import keys as keys_lib
 from tinyvm_jax._src.emit import classes as classes_lib
 from tinyvm_jax._src.emit import kernels
 from tinyvm_jax._src.emit.plan import EmitError, Plan, SplitPlan
@@ -119,9 +120,10 @@ class ProgramSource:
 
 @functools.lru_cache(maxsize=64)
 def _userop_example(tier, bucket, renders):
-  kd = jax.ShapeDtypeStruct((1, 2), np.uint32)
-  return jax.eval_shape(lambda d: userop_tier._rows(  # pylint: disable=protected-access
-      tier, d, bucket=bucket, renders=renders), kd)
+  """The shapes and dtypes of one Tier 4 row of a split."""
+  return jax.eval_shape(
+      lambda k: userop_tier.make_row(tier, k, bucket=bucket, renders=renders),
+      jax.random.key(0, impl=keys_lib.IMPL))
 
 
 class UseropSource:
@@ -168,7 +170,7 @@ class UseropSource:
 
   def example_arrays(self, sp: SplitPlan) -> dict[str, np.ndarray]:
     shape = _userop_example(self.plan.tier, sp.bucket, self.plan.renders)
-    rows = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shape)
+    rows = jax.tree.map(lambda x: np.zeros((1,) + x.shape, x.dtype), shape)
     return userop_formats.rows_to_arrays(rows)
 
 

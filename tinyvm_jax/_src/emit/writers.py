@@ -28,8 +28,9 @@ class Writer(Protocol):
   """Writes the parts of an emit in one format (or checks them)."""
 
   def write(self, sp: SplitPlan, rows, positions: np.ndarray) -> None:
-    """Takes host `rows` [B] of split `sp` at its sizes (the source's); `positions` [B]:
-    their ascending row indices in the split, all in one part."""
+    """Takes host `rows` [B] of split `sp` at its sizes (the source's);
+    `positions` [B]: their ascending row indices in the split, all in one
+    part."""
 
   def end_part(self, sp: SplitPlan, part: int) -> dict:
     """Makes part `part` (every row of it written) durable; returns what
