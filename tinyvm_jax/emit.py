@@ -40,7 +40,7 @@ from tinyvm_jax._src.emit import layout
 from tinyvm_jax._src.emit import plan as plan_lib
 from tinyvm_jax._src.emit import run as run_lib
 
-_TIERS = ("tier0", "tier1", "tier2")
+_TIERS = ("tier0", "tier1", "tier2", "tier4")
 _DEVICES = ("cpu", "gpu", "tpu")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"   # shipped in the package
 
@@ -285,12 +285,15 @@ def _settings():
   renders = d["renders"]
   if isinstance(renders, str):
     renders = [r.strip() for r in renders.split(",") if r.strip()]
+  buckets = d.get("eval_buckets", "")
+  if isinstance(buckets, str):
+    buckets = [b.strip() for b in buckets.split(",") if b.strip()]
   kwargs = dict(tier=FLAGS.tier, seed_base=FLAGS.seed,
                 train_size=d["train_size"], eval_size=d["eval_size"],
                 renders=tuple(renders), formats=tuple(FLAGS.formats),
                 batch_size=d["batch_size"], vmap_rows=d["vmap_rows"],
                 part_rows=d["part_rows"], chunk_rows=d["chunk_rows"],
-                codec=d["zarr_codec"])
+                codec=d["zarr_codec"], eval_buckets=tuple(buckets) or None)
   return kwargs, d, max_classes
 
 

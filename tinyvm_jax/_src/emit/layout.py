@@ -166,11 +166,16 @@ def root_attributes(plan: Plan) -> dict:
       "groups": {s.name: s.num_rows for s in plan.splits}}}
 
 
-def hub_readme(plan: Plan, files: Mapping[str, Mapping[str, Any]]) -> str:
+_COLUMNS = "meta, program, trace, renders (the reference's JSONL row schema)"
+
+
+def hub_readme(plan: Plan, files: Mapping[str, Mapping[str, Any]],
+               columns: str = _COLUMNS) -> str:
   """The dataset card of the Parquet files (`io/hub.py`): YAML `configs`
   naming each split's files, so `datasets.load_dataset(dir)` reads them
   (and not the JSONL files), and `dataset_info` with every split's rows
-  and bytes (from the Parquet file entries `files`)."""
+  and bytes (from the Parquet file entries `files`); `columns`: the row
+  source's (`sources.RowSource.columns`)."""
   splits = []
   for s in plan.splits:
     prefix = f"{DATA_DIR}/{s.hf_split}-"
@@ -182,7 +187,8 @@ def hub_readme(plan: Plan, files: Mapping[str, Mapping[str, Any]]) -> str:
       splits=[(s.name, s.num_rows) for s in plan.splits])
   return hub.dataset_card(tier=plan.tier.name, seed_base=plan.seed_base,
                           fingerprint=fingerprint, splits=splits,
-                          version=manifest_lib.package_version())
+                          version=manifest_lib.package_version(),
+                          columns=columns)
 
 
 def _remove(path: Path) -> None:
@@ -322,7 +328,8 @@ def _join_jsonl(plan: Plan, work: Path, sp: SplitPlan,
           "bytes": sum(pieces.values())}
 
 
-def _file_entries(plan: Plan, work: Path, done: Mapping[str, dict]) -> dict:
+def _file_entries(plan: Plan, work: Path, done: Mapping[str, dict],
+                  columns: str) -> dict:
   """parts -> finalizing: the manifest's file entries of a finished
   `.partial` (joining each split's JSONL pieces into its file).
 
@@ -343,7 +350,7 @@ def _file_entries(plan: Plan, work: Path, done: Mapping[str, dict]) -> dict:
     for sp, k in plan.parts():
       files.update(done[part_key(sp, k)].get("files", {}))
     manifest_lib.write_atomic(work / README,
-                              hub_readme(plan, files).encode())
+                              hub_readme(plan, files, columns).encode())
     digest, size, _ = manifest_lib.sha256_file(work / README)
     files[README] = {"rows": 0, "sha256": digest, "bytes": size}
   if "zarr" in plan.formats:
@@ -367,16 +374,19 @@ def _remove_strays(work: Path, files: Mapping[str, Any]) -> None:
 
 # ----------------------------------------------------------------- manifest
 def finish(plan: Plan, tier_dir: Path, platform: str,
-           config: Mapping[str, Any] | None) -> dict:
+           config: Mapping[str, Any] | None, *, columns: str = _COLUMNS
+           ) -> dict:
   """parts -> finalizing -> manifest (process 0, every part written):
-  records the file entries, moves the files into place and writes the
-  manifest; idempotent after a crash. Returns the manifest's files."""
+  records the file entries (`columns`: the Parquet columns, for the dataset
+  card), moves the files into place and writes the manifest; idempotent
+  after a crash. Returns the manifest's files."""
   work = tier_dir / PARTIAL
   fin = work / FINALIZING
   if fin.exists():
     files = json.loads(fin.read_bytes())
   else:
-    files = _file_entries(plan, work, done_parts(work, plan.fingerprint()))
+    files = _file_entries(plan, work, done_parts(work, plan.fingerprint()),
+                          columns)
     manifest_lib.write_atomic(fin, json.dumps(files).encode())
   _remove_strays(work, files)
   for name in OUTPUT_NAMES:

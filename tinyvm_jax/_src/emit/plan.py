@@ -16,6 +16,7 @@ from tinyvm_jax._src import render as render_lib
 from tinyvm_jax._src import tiers
 from tinyvm_jax._src.io import manifest as manifest_lib
 from tinyvm_jax._src.io import zarr_store
+from tinyvm_jax._src.userop import tier as userop_tier
 
 FORMATS = ("zarr", "jsonl", "parquet")
 from tinyvm_jax._src.io.hub import DATA_DIR   # Parquet files (re-exported)
@@ -32,8 +33,8 @@ class SplitPlan:
   split: str                       # "train" | "eval"
   bucket: str | None
   num_rows: int
-  shapes: tiers.Shapes             # the split's own static sizes
-  axes: tuple[int, ...] | None     # fixed axes of an eval bucket
+  shapes: Any                      # the split's own static sizes
+  axes: tuple[int, ...] | None     # fixed axes of a Tier 0-2 eval bucket
 
   @property
   def name(self) -> str:
@@ -66,7 +67,7 @@ class SplitPlan:
 class Plan:
   """Everything an emit writes is a function of these fields (the device
   and the batch size change only speed)."""
-  tier: tiers.Tier
+  tier: Any                        # a `tiers.Tier` or `userop.UseropTier`
   seed_base: int
   renders: tuple[str, ...]
   formats: tuple[str, ...]
@@ -112,20 +113,51 @@ def _check_names(what: str, names: Sequence[str], known: Sequence[str]
   return names
 
 
+def get_tier(name: str):
+  """The tier named `name`: a `tiers.Tier` (Tiers 0-2) or Tier 4's
+  `userop.UseropTier`."""
+  if name == userop_tier.TIER4.name:
+    return userop_tier.TIER4
+  try:
+    return tiers.get_tier(name)
+  except ValueError:
+    raise EmitError(f"unknown tier {name!r}; expected one of "
+                    f"{sorted(tiers.TIERS) + [userop_tier.TIER4.name]}"
+                    ) from None
+
+
+def _render_names(tier) -> tuple[str, ...]:
+  if isinstance(tier, userop_tier.UseropTier):
+    return tier.renders
+  return render_lib.RENDER_NAMES
+
+
+def _splits(tier, train_size: int, eval_size: int) -> list[SplitPlan]:
+  """Every split of the tier: train, then the eval buckets in order (an
+  empty one writes nothing and is dropped by the caller)."""
+  if isinstance(tier, userop_tier.UseropTier):
+    return [SplitPlan("train", None, train_size, tier.shapes(None), None)] + [
+        SplitPlan("eval", b, eval_size, tier.shapes(b), None)
+        for b in tier.bucket_names]
+  return [SplitPlan("train", None, train_size, tier.train_shapes, None)] + [
+      SplitPlan("eval", b.name, eval_size, b.shapes, tuple(b.axes))
+      for b in tier.eval_buckets]
+
+
 def make_plan(*, tier: str, seed_base: int, train_size: int, eval_size: int,
               renders: Sequence[str], formats: Sequence[str],
               batch_size: int, part_rows: int, chunk_rows: int,
               vmap_rows: int = 256,
-              codec: str = zarr_store.DEFAULT_CODEC_SPEC) -> Plan:
+              codec: str = zarr_store.DEFAULT_CODEC_SPEC,
+              eval_buckets: Sequence[str] | None = None) -> Plan:
   """Checks the settings and builds the `Plan`.
+
+  `eval_buckets`: the eval buckets to write (default: all of the tier's).
 
   Raises:
     EmitError: one line naming the bad setting.
   """
-  try:
-    t = tiers.get_tier(tier)
-  except ValueError as e:
-    raise EmitError(str(e)) from None
+  t = get_tier(tier)
   if not isinstance(seed_base, int) or not 0 <= seed_base < 2 ** 64:
     raise EmitError(f"seed must be an integer in [0, 2**64), got {seed_base}")
   for name, v, lo in (("train_size", train_size, 0),
@@ -143,16 +175,16 @@ def make_plan(*, tier: str, seed_base: int, train_size: int, eval_size: int,
                     f"chunk_rows={chunk_rows}")
   if not tuple(renders):
     raise EmitError("renders must name at least one render")
-  renders = _check_names("renders", renders, render_lib.RENDER_NAMES)
+  renders = _check_names("renders", renders, _render_names(t))
   try:
     codec_json = zarr_store.parse_codec(codec)
   except ValueError as e:
     raise EmitError(str(e)) from None
   formats = _check_names("formats", formats, FORMATS)
-  splits = [SplitPlan("train", None, train_size, t.train_shapes, None)]
-  splits += [SplitPlan("eval", b.name, eval_size, b.shapes, tuple(b.axes))
-             for b in t.eval_buckets]
-  splits = [s for s in splits if s.num_rows]  # an empty split writes nothing
+  buckets = t.bucket_names if eval_buckets is None else _check_names(
+      "eval_buckets", eval_buckets, t.bucket_names)
+  splits = [s for s in _splits(t, train_size, eval_size)
+            if s.num_rows and s.bucket in (None,) + tuple(buckets)]
   if not splits:
     raise EmitError("train_size and eval_size are both 0: nothing to emit")
   return Plan(tier=t, seed_base=seed_base, renders=renders, formats=formats,

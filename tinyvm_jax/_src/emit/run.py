@@ -1,11 +1,12 @@
 """An emit from start to end: `emit_dataset`, and the stages that generate
 and write the parts (threads and bounded queues).
 
-For a part, the main thread groups the rows by row class and dispatches
-jitted batches of one class each, sharded over the process's devices, into
-a bounded queue (JAX dispatch is asynchronous, so the devices compute the
-next batches while the host writes); a host thread copies each finished
-batch to the host and trims it; one thread a writer places the rows at
+For a part, the main thread cuts the rows into batches and dispatches them
+through the tier's `sources.RowSource` (Tiers 0-2: jitted batches of one
+row class each, sharded over the process's devices) into a bounded queue
+(JAX dispatch is asynchronous, so the devices compute the next batches
+while the host writes); a host thread copies each finished batch to the
+host and trims it; one thread a writer places the rows at
 their positions and writes the part. Memory is bounded by the queues, a few
 batches and one part, whatever the dataset size.
 """
@@ -19,19 +20,14 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
-from jax.sharding import Mesh
 import numpy as np
 
-from tinyvm_jax._src import batching
-from tinyvm_jax._src import tiers
 from tinyvm_jax._src.emit import classes as classes_lib
 from tinyvm_jax._src.emit import coordination
-from tinyvm_jax._src.emit import kernels
 from tinyvm_jax._src.emit import layout
+from tinyvm_jax._src.emit import sources
 from tinyvm_jax._src.emit import writers as writers_lib
 from tinyvm_jax._src.emit.plan import EmitError, Plan, SplitPlan
-from tinyvm_jax._src.io import rows as rows_lib
-from tinyvm_jax._src.types import Rows
 
 _QUEUE = 2   # batches a queue holds between two stages
 
@@ -114,12 +110,12 @@ class _Stages:
 
 
 class _DeviceBatch(NamedTuple):
-  """A dispatched batch: device rows at the class's sizes."""
+  """A dispatched batch: what the source's `dispatch` returned."""
   sp: SplitPlan
   part: int
-  shapes: tiers.Shapes
+  key: Any                   # the source's batch key (e.g. a row class)
   positions: np.ndarray      # [n] ascending row indices in the split
-  rows: Rows                 # [B >= n] on the devices
+  rows: Any                  # [B >= n] rows, on the devices
   last: bool                 # the part's last batch
 
 
@@ -128,7 +124,7 @@ class _HostBatch(NamedTuple):
   sp: SplitPlan
   part: int
   positions: np.ndarray
-  rows: Rows                 # [n]
+  rows: Any                  # [n] host rows at the split's sizes
   last: bool
 
 
@@ -155,20 +151,16 @@ class _PartRecorder:
       self.progress.record(sp, part, record)
 
 
-def _copy_stage(stages: _Stages, source: queue.Queue,
-                sinks: Sequence[queue.Queue],
+def _copy_stage(stages: _Stages, source: sources.RowSource,
+                batches: queue.Queue, sinks: Sequence[queue.Queue],
                 on_progress: Callable[[int, int], None] | None,
                 total: int) -> None:
   """Copies each batch to the host, trims it and hands it to every writer;
   a None item ends the stream."""
   copied = 0
-  while (item := stages.get(source)) is not None:
-    try:
-      rows = rows_lib.trim(jax.device_get(item.rows),
-                           classes_lib.fit(item.shapes, item.sp),
-                           len(item.positions))
-    except rows_lib.TrimError as e:
-      raise EmitError(str(e)) from None
+  while (item := stages.get(batches)) is not None:
+    rows = source.to_host(item.sp, item.key, item.rows,
+                          len(item.positions))
     host = _HostBatch(item.sp, item.part, item.positions, rows, item.last)
     del item
     for q in sinks:
@@ -193,45 +185,17 @@ def _write_stage(stages: _Stages, writer: writers_lib.Writer,
     writer.close()
 
 
-class _Dispatcher:
-  """Dispatches the jitted row kernel for batches of one row class,
-  sharded over this process's devices (one compilation a class)."""
-
-  def __init__(self, plan: Plan, devices: Sequence[Any]):
-    self.plan = plan
-    n = len(devices)
-    self.mesh = Mesh(np.asarray(devices), ("rows",)) if n > 1 else None
-    self.put = ((lambda x: jax.device_put(x, devices[0])) if n == 1 else
-                (lambda x: x))
-    self.batch = -(-plan.batch_size // n) * n   # a multiple of the devices
-    self.inputs = {}   # split name -> its inputs on the devices
-
-  def __call__(self, sp: SplitPlan, shapes: tiers.Shapes,
-               positions: np.ndarray) -> Rows:
-    if sp.name not in self.inputs:
-      self.inputs[sp.name] = tuple(
-          self.put(x) for x in kernels.split_inputs(self.plan, sp))
-    key_data, fixed, sample = self.inputs[sp.name]
-    idx = batching.pad_rows(positions.astype(np.int32), self.batch)
-    return kernels.rows_batch(
-        self.plan.tier, key_data, self.put(idx),
-        self.put(np.int32(len(positions))), fixed, sample, shapes=shapes,
-        renders=self.plan.renders, vmap_rows=self.plan.vmap_rows,
-        mesh=self.mesh)
-
-
-def _dispatch_stage(stages: _Stages, sink: queue.Queue, dispatch: _Dispatcher,
-                    todo: Sequence[tuple[SplitPlan, int]],
-                    classes: Sequence[tiers.Shapes]) -> int:
+def _dispatch_stage(stages: _Stages, sink: queue.Queue,
+                    source: sources.RowSource,
+                    todo: Sequence[tuple[SplitPlan, int]]) -> int:
   """(The caller's thread) dispatches every batch of the parts `todo`, in
   order, and ends the stream; returns the rows dispatched."""
   generated = 0
   for sp, part in todo:
-    batches = classes_lib.part_batches(dispatch.plan, sp, part, classes,
-                                       dispatch.batch)
-    for i, (shapes, positions) in enumerate(batches):
-      rows = dispatch(sp, shapes, positions)
-      stages.put(sink, _DeviceBatch(sp, part, shapes, positions, rows,
+    batches = source.batches(sp, part)
+    for i, (key, positions) in enumerate(batches):
+      rows = source.dispatch(sp, key, positions)
+      stages.put(sink, _DeviceBatch(sp, part, key, positions, rows,
                                     i == len(batches) - 1))
       generated += len(positions)
   stages.put(sink, None)
@@ -240,8 +204,7 @@ def _dispatch_stage(stages: _Stages, sink: queue.Queue, dispatch: _Dispatcher,
 
 def generate_parts(plan: Plan, todo: Sequence[tuple[SplitPlan, int]], *,
                    writers: Sequence[writers_lib.Writer],
-                   recorder: _PartRecorder, classes: Sequence[tiers.Shapes],
-                   devices: Sequence[Any],
+                   recorder: _PartRecorder, source: sources.RowSource,
                    on_progress: Callable[[int, int], None] | None) -> int:
   """Generates and writes the parts `todo`: dispatch (this thread) ->
   copy to host and trim (a thread) -> one thread a writer. Returns the
@@ -254,14 +217,13 @@ def generate_parts(plan: Plan, todo: Sequence[tuple[SplitPlan, int]], *,
   stages = _Stages()
   device_q = queue.Queue(maxsize=_QUEUE)
   writer_qs = [queue.Queue(maxsize=_QUEUE) for _ in writers]
-  stages.start("tinyvm-host", _copy_stage, device_q, writer_qs, on_progress,
-               total)
+  stages.start("tinyvm-host", _copy_stage, source, device_q, writer_qs,
+               on_progress, total)
   for w, q in zip(writers, writer_qs):
     stages.start(f"tinyvm-{type(w).__name__}", _write_stage, w, q, recorder)
   generated = 0
   try:
-    generated = _dispatch_stage(stages, device_q, _Dispatcher(plan, devices),
-                                todo, classes)
+    generated = _dispatch_stage(stages, device_q, source, todo)
   except _Stop:
     pass
   except BaseException as e:  # pylint: disable=broad-except
@@ -353,7 +315,8 @@ def _emit(plan: Plan, tier_dir: Path, pid: int, nproc: int, *, t_start,
   barrier("generated")
   files = {}
   if pid == 0:
-    files = layout.finish(plan, tier_dir, devices[0].platform, config)
+    files = layout.finish(plan, tier_dir, devices[0].platform, config,
+                          columns=sources.make_source(plan).columns)
   barrier("finished")
   return Result(tier_dir=tier_dir, rows=plan.total_rows, generated=generated,
                 seconds=time.perf_counter() - t_start, files=files,
@@ -377,11 +340,12 @@ def _write_parts(plan: Plan, tier_dir: Path, pid: int, nproc: int, *,
           if layout.part_key(sp, k) not in done]
   if not mine:
     return resumed, 0
-  writers = writers_lib.make_writers(plan, work, done) + list(extra_writers)
+  source = sources.make_source(plan)
+  writers = writers_lib.make_writers(plan, work, done, source) + list(
+      extra_writers)
   recorder = _PartRecorder(plan, layout.Progress(work, pid, fp),
                            len(writers))
-  generated = generate_parts(
-      plan, mine, writers=writers, recorder=recorder,
-      classes=classes_lib.row_classes(plan, max_classes=max_classes),
-      devices=devices, on_progress=on_progress)
+  source.start(devices, max_classes)
+  generated = generate_parts(plan, mine, writers=writers, recorder=recorder,
+                             source=source, on_progress=on_progress)
   return resumed, generated

@@ -5,6 +5,8 @@ holds the rows of one row class: ascending positions, not contiguous), and
 makes the part durable in `end_part`, returning what the part's progress
 record keeps (under a key of its own). The run calls every writer from one
 thread of its own; a part is recorded once every writer has made it durable.
+The rows are the tier's (`sources.RowSource`), which turns them into each
+format's bytes, table or arrays.
 """
 
 import dataclasses
@@ -15,21 +17,20 @@ from typing import Mapping, Protocol
 
 import numpy as np
 
-from tinyvm_jax._src.emit import kernels
 from tinyvm_jax._src.emit import layout
 from tinyvm_jax._src.emit.plan import EmitError, FORMATS, Plan, SplitPlan
+from tinyvm_jax._src.emit.sources import RowSource
 from tinyvm_jax._src.io import manifest as manifest_lib
-from tinyvm_jax._src.io import rows as rows_lib
 from tinyvm_jax._src.io import zarr_store
-from tinyvm_jax._src.types import Rows
 
 
 class Writer(Protocol):
   """Writes the parts of an emit in one format (or checks them)."""
 
-  def write(self, sp: SplitPlan, rows: Rows, positions: np.ndarray) -> None:
-    """Takes host `rows` [B] of split `sp` at its sizes; `positions` [B]:
-    their ascending row indices in the split, all in one part."""
+  def write(self, sp: SplitPlan, rows, positions: np.ndarray) -> None:
+    """Takes host `rows` [B] of split `sp` at its sizes (the source's);
+    `positions` [B]: their ascending row indices in the split, all in one
+    part."""
 
   def end_part(self, sp: SplitPlan, part: int) -> dict:
     """Makes part `part` (every row of it written) durable; returns what
@@ -46,20 +47,15 @@ class JsonlWriter:
   rerun continues a piece after its last recorded part (cutting off a torn
   write), and a finished split of one piece needs no copy."""
 
-  def __init__(self, plan: Plan, work: Path, done: Mapping[str, dict]):
-    from tinyvm_jax._src.io import jsonl
-    self._jsonl = jsonl
-    self.plan, self.work, self.done = plan, work, done
+  def __init__(self, plan: Plan, work: Path, done: Mapping[str, dict],
+               source: RowSource):
+    self.plan, self.work, self.done, self.source = plan, work, done, source
     self.lines, self.positions = [], []
     self.file = None
     self.key = None   # (split name, piece's first part, last part written)
 
-  def write(self, sp: SplitPlan, rows: Rows, positions: np.ndarray) -> None:
-    rows = rows_lib.widen(rows)
-    data = self._jsonl.rows_to_jsonl(
-        rows, tier=self.plan.tier.name, split=sp.split, bucket=sp.bucket,
-        axis_names=self.plan.tier.axis_names, render_names=self.plan.renders,
-        probe_step=rows_lib.probe_steps(self.plan.renders, rows))
+  def write(self, sp: SplitPlan, rows, positions: np.ndarray) -> None:
+    data = self.source.to_jsonl(sp, rows)
     lines = data.split(b"\n")
     assert len(lines) == len(positions) + 1 and not lines[-1]
     self.lines.extend(lines[:-1])
@@ -118,18 +114,15 @@ class ParquetWriter:
   """One Parquet file a part: `.partial/data/<split>-<part>-of-<n>.parquet`
   (written under a temporary name, then renamed)."""
 
-  def __init__(self, plan: Plan, work: Path, done: Mapping[str, dict]):
+  def __init__(self, plan: Plan, work: Path, done: Mapping[str, dict],
+               source: RowSource):
     from tinyvm_jax._src.io import parquet
     self._parquet = parquet
-    self.plan, self.work = plan, work
+    self.plan, self.work, self.source = plan, work, source
     self.tables, self.positions = [], []
 
-  def write(self, sp: SplitPlan, rows: Rows, positions: np.ndarray) -> None:
-    rows = rows_lib.widen(rows)
-    self.tables.append(self._parquet.rows_to_table(
-        rows, tier=self.plan.tier.name, split=sp.split, bucket=sp.bucket,
-        axis_names=self.plan.tier.axis_names, render_names=self.plan.renders,
-        probe_step=rows_lib.probe_steps(self.plan.renders, rows)))
+  def write(self, sp: SplitPlan, rows, positions: np.ndarray) -> None:
+    self.tables.append(self.source.to_table(sp, rows))
     self.positions.append(positions)
 
   def _part_table(self):
@@ -179,8 +172,9 @@ class ZarrWriter:
   contiguous write when the part ends (tensorstore writes contiguous boxes
   far faster than index arrays)."""
 
-  def __init__(self, plan: Plan, work: Path, done: Mapping[str, dict]):
-    self.plan = plan
+  def __init__(self, plan: Plan, work: Path, done: Mapping[str, dict],
+               source: RowSource):
+    self.plan, self.source = plan, source
     self.root = work / zarr_store.STORE_NAME
     self.groups = {}
     self.buffer, self.start, self.kept = None, 0, None
@@ -193,13 +187,13 @@ class ZarrWriter:
                "shapes": dataclasses.asdict(sp.shapes)}
       self.groups[sp.name] = zarr_store.GroupWriter(
           self.root, sp.name, sp.num_rows,
-          kernels.example_arrays(self.plan, sp),
-          part_rows=self.plan.part_rows, chunk_rows=self.plan.chunk_rows,
-          codec=self.plan.codec, attributes=attrs)
+          self.source.example_arrays(sp), part_rows=self.plan.part_rows,
+          chunk_rows=self.plan.chunk_rows, codec=self.plan.codec,
+          attributes=attrs)
     return self.groups[sp.name]
 
-  def write(self, sp: SplitPlan, rows: Rows, positions: np.ndarray) -> None:
-    arrays = zarr_store.rows_to_arrays(rows)
+  def write(self, sp: SplitPlan, rows, positions: np.ndarray) -> None:
+    arrays = self.source.to_arrays(rows)
     if self.buffer is None:
       part = positions[0] // self.plan.part_rows
       lo, hi = sp.part_range(part, self.plan.part_rows)
@@ -221,7 +215,7 @@ class ZarrWriter:
     if self.kept is None or self.kept[0] != sp.name:
       self.kept = (sp.name, {
           name: np.empty((self.plan.part_rows,) + x.shape[1:], x.dtype)
-          for name, x in kernels.example_arrays(self.plan, sp).items()})
+          for name, x in self.source.example_arrays(sp).items()})
     out = {}
     for name, buf in self.kept[1].items():
       buf[:n] = zarr_store.fill_value(name)
@@ -244,8 +238,10 @@ class ZarrWriter:
 _MAKERS = {"zarr": ZarrWriter, "jsonl": JsonlWriter, "parquet": ParquetWriter}
 
 
-def make_writers(plan: Plan, work: Path, done: Mapping[str, dict]
-                 ) -> list[Writer]:
+def make_writers(plan: Plan, work: Path, done: Mapping[str, dict],
+                 source: RowSource) -> list[Writer]:
   """The writers of the plan's formats, in `FORMATS` order, writing under
-  `work` (`.partial`); `done`: the parts recorded before this run."""
-  return [_MAKERS[f](plan, work, done) for f in FORMATS if f in plan.formats]
+  `work` (`.partial`) the rows of `source`; `done`: the parts recorded
+  before this run."""
+  return [_MAKERS[f](plan, work, done, source) for f in FORMATS
+          if f in plan.formats]

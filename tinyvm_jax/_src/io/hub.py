@@ -36,7 +36,8 @@ def rows_fingerprint(*, tier: str, seed_base: int, renders: Sequence[str],
 
 
 def dataset_card(*, tier: str, seed_base: int, fingerprint: str,
-                 splits: Sequence[CardSplit], version: str) -> str:
+                 splits: Sequence[CardSplit], version: str,
+                 columns: str) -> str:
   """The card's text: YAML header (configs, dataset_info) and a table."""
   lines = ["---", "configs:", "- config_name: default",
            f"  description: tinyvm_jax {tier}, seed base {seed_base}, rows "
@@ -51,9 +52,8 @@ def dataset_card(*, tier: str, seed_base: int, fingerprint: str,
             "---", "", f"# Tiny-VM {tier}", "",
             f"Rows of the Tiny-VM {tier} dataset, seed base {seed_base}, "
             f"written by tinyvm_jax {version} (rows fingerprint "
-            f"{fingerprint}). Columns: meta, program, trace, renders (the "
-            "reference's JSONL row schema). `num_bytes` above is the size of "
-            "each split's Parquet files.", "",
+            f"{fingerprint}). Columns: {columns}. `num_bytes` above is the "
+            "size of each split's Parquet files.", "",
             "| split | rows | Parquet bytes |", "|---|---:|---:|"]
   lines += [f"| {s.name} | {s.rows} | {s.parquet_bytes} |" for s in splits]
   return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+../tinyvm_jax/configs/tier4.py
