@@ -159,6 +159,105 @@ def counter_output_distribution(n_values: Sequence[int]) -> dict[int, float]:
   return {int(x): float(p) for x, p in zip(v, total) if p > 0}
 
 
+class _Checker:
+  """Collects `Check`s at `z` standard errors for `n` rows of ours against
+  `n_ref` of the reference."""
+
+  def __init__(self, z: float, n: int, n_ref: int):
+    self.z, self.n, self.n_ref, self.checks = z, n, n_ref, []
+    self.inv = 1 / n + 1 / n_ref
+    self.half = 0.5 / n + 0.5 / n_ref
+
+  def binom(self, name, p_ours, p_ref, count=None, count_ref=None):
+    count = self.n if count is None else count
+    count_ref = self.n_ref if count_ref is None else count_ref
+    p = (p_ours * count + p_ref * count_ref) / (count + count_ref)
+    var = p * (1 - p) * (1 / count + 1 / count_ref)
+    # Bernstein: t = z^2 / (6N) + sqrt((z^2 / (6N))^2 + z^2 var) holds for
+    # rare values too, where the normal approximation is too tight
+    b = self.z * self.z / (6 * min(count, count_ref))
+    tol = b + math.sqrt(b * b + self.z * self.z * var)
+    self.checks.append(Check(name, p_ours, p_ref, tol,
+                             abs(p_ours - p_ref) <= tol))
+
+  def ratio(self, name, num, den, p_ref, ref_inv=None):
+    f, var = _ratio(num, den)
+    ref_inv = self.inv if ref_inv is None else ref_inv
+    tol = self.z * math.sqrt(var * ref_inv) + self.half + 5e-6
+    self.checks.append(Check(name, f, p_ref, tol, abs(f - p_ref) <= tol))
+
+
+def _check_programs(c: _Checker, s: dict, ours: dict, ref: dict,
+                    dst_support: Sequence[int]) -> None:
+  """Axes, opcodes, destination registers and LOAD literal signs."""
+  for key in sorted(set(ours["axes_freq"]) | set(ref["axes_freq"])):
+    c.binom(f"axes_freq[{key}]", ours["axes_freq"].get(key, 0.0),
+            ref["axes_freq"].get(key, 0.0))
+  length = s["program_len"]
+  for name in sorted(set(ours["op_freq"]) | set(ref["op_freq"])):
+    o = isa.OP_IDS[name]
+    c.ratio(f"op_freq[{name}]", s["op_counts"][:, o], length,
+            ref["op_freq"].get(name, 0.0))
+  writes = s["dst_counts"].sum(1)
+  for r in range(isa.NUM_REGS):
+    expect = 1 / len(dst_support) if r in dst_support else 0.0
+    c.ratio(f"dst_reg_freq[R{r}] (uniform)", s["dst_counts"][:, r], writes,
+            expect, ref_inv=1 / c.n)
+  loads = s["lit_counts"].sum(1)
+  for i, name in enumerate(("pos", "neg", "zero")):
+    c.ratio(f"load_literal_sign[{name}]", s["lit_counts"][:, i], loads,
+            ref["load_literal_sign"].get(name, 0.0))
+
+
+def _check_outputs(c: _Checker, s: dict, ours: dict, ref: dict,
+                   exact_outputs: dict[int, float] | None) -> None:
+  """The zero fraction and the bucket histogram of printed values."""
+  n_out = len(_outputs(s))
+  zero, buckets, tag, n_exp = (ref["output_zero_frac"], ref[BUCKET_KEY], "",
+                               c.n_ref)
+  if exact_outputs is not None:
+    zero, buckets = exact_outputs.get(0, 0.0), {}
+    for v, p in exact_outputs.items():
+      key = str(v // 100)
+      buckets[key] = buckets.get(key, 0.0) + p
+    tag, n_exp = " (exact)", 10 ** 12
+  c.binom("output_zero_frac" + tag, ours["output_zero_frac"], zero,
+          count=n_out, count_ref=n_exp)
+  for key in sorted(set(ours[BUCKET_KEY]) | set(buckets), key=int):
+    c.binom(f"output_bucket[{key}]{tag}", ours[BUCKET_KEY].get(key, 0.0),
+            buckets.get(key, 0.0), count=n_out, count_ref=n_exp)
+
+
+def _check_moments(c: _Checker, fig: str, arr: np.ndarray, ref: dict
+                   ) -> None:
+  """Mean, median and extremes of one per-row figure."""
+  z, inv = c.z, c.inv
+  tol = z * math.sqrt(arr.var() * inv) + 5e-4
+  m = float(arr.mean())
+  c.checks.append(Check(f"{fig}.mean", m, ref[fig]["mean"], tol,
+                        abs(m - ref[fig]["mean"]) <= tol))
+  if "median" in ref[fig]:
+    d = z * math.sqrt(0.25 * inv)
+    lo, hi = np.quantile(arr, [max(0.0, 0.5 - d), min(1.0, 0.5 + d)])
+    med = float(np.median(arr))
+    c.checks.append(Check(f"{fig}.median", med, ref[fig]["median"],
+                          (hi - lo) / 2, lo <= ref[fig]["median"] <= hi))
+  for ext in ("min", "max"):
+    if ext not in ref[fig]:
+      continue
+    v = float(arr.min() if ext == "min" else arr.max())
+    if fig == "direct_input_tokens":
+      # tail figure: rows of ours above the reference's max
+      above = int(np.sum(arr > ref[fig]["max"]))
+      lam = 3.0 * c.n / c.n_ref
+      allowed = math.floor(lam + z * math.sqrt(lam) + 1)
+      c.checks.append(Check(f"{fig}.max (rows above ref max)", above, 0,
+                            allowed, above <= allowed))
+    else:
+      c.checks.append(Check(f"{fig}.{ext}", v, ref[fig][ext], 0.0,
+                            v == ref[fig][ext]))
+
+
 def compare(s: dict, ref: dict, *, z: float = 5.0,
             dst_support: Sequence[int] = tuple(range(8)),
             exact_outputs: dict[int, float] | None = None) -> list[Check]:
@@ -176,82 +275,12 @@ def compare(s: dict, ref: dict, *, z: float = 5.0,
   Returns:
     One `Check` per figure.
   """
-  n, n_ref = len(s["program_len"]), int(ref["rows"])
-  inv = 1 / n + 1 / n_ref
-  half = 0.5 / n + 0.5 / n_ref
+  c = _Checker(z, len(s["program_len"]), int(ref["rows"]))
   ours = figures(s)
-  checks = []
-
-  def binom(name, p_ours, p_ref, count=n, count_ref=n_ref):
-    p = (p_ours * count + p_ref * count_ref) / (count + count_ref)
-    var = p * (1 - p) * (1 / count + 1 / count_ref)
-    # Bernstein: t = z^2 / (6N) + sqrt((z^2 / (6N))^2 + z^2 var) holds for
-    # rare values too, where the normal approximation is too tight
-    b = z * z / (6 * min(count, count_ref))
-    tol = b + math.sqrt(b * b + z * z * var)
-    checks.append(Check(name, p_ours, p_ref, tol, abs(p_ours - p_ref) <= tol))
-
-  def ratio(name, num, den, p_ref, ref_inv=inv):
-    f, var = _ratio(num, den)
-    tol = z * math.sqrt(var * ref_inv) + half + 5e-6
-    checks.append(Check(name, f, p_ref, tol, abs(f - p_ref) <= tol))
-
-  for key in sorted(set(ours["axes_freq"]) | set(ref["axes_freq"])):
-    binom(f"axes_freq[{key}]", ours["axes_freq"].get(key, 0.0),
-          ref["axes_freq"].get(key, 0.0))
-  length = s["program_len"]
-  for name in sorted(set(ours["op_freq"]) | set(ref["op_freq"])):
-    o = isa.OP_IDS[name]
-    ratio(f"op_freq[{name}]", s["op_counts"][:, o], length,
-          ref["op_freq"].get(name, 0.0))
-  writes = s["dst_counts"].sum(1)
-  for r in range(isa.NUM_REGS):
-    expect = 1 / len(dst_support) if r in dst_support else 0.0
-    ratio(f"dst_reg_freq[R{r}] (uniform)", s["dst_counts"][:, r], writes,
-          expect, ref_inv=1 / n)
-  loads = s["lit_counts"].sum(1)
-  for i, name in enumerate(("pos", "neg", "zero")):
-    ratio(f"load_literal_sign[{name}]", s["lit_counts"][:, i], loads,
-          ref["load_literal_sign"].get(name, 0.0))
-  n_out = len(_outputs(s))
-  zero, buckets, tag, n_exp = (ref["output_zero_frac"], ref[BUCKET_KEY], "",
-                               n_ref)
-  if exact_outputs is not None:
-    zero, buckets = exact_outputs.get(0, 0.0), {}
-    for v, p in exact_outputs.items():
-      key = str(v // 100)
-      buckets[key] = buckets.get(key, 0.0) + p
-    tag, n_exp = " (exact)", 10 ** 12
-  binom("output_zero_frac" + tag, ours["output_zero_frac"], zero,
-        count=n_out, count_ref=n_exp)
-  for key in sorted(set(ours[BUCKET_KEY]) | set(buckets), key=int):
-    binom(f"output_bucket[{key}]{tag}", ours[BUCKET_KEY].get(key, 0.0),
-          buckets.get(key, 0.0), count=n_out, count_ref=n_exp)
+  _check_programs(c, s, ours, ref, dst_support)
+  _check_outputs(c, s, ours, ref, exact_outputs)
   for fig, arr in (("program_len", s["program_len"]),
                    ("trace_steps", s["trace_steps"]),
                    ("direct_input_tokens", s["input_tokens"])):
-    tol = z * math.sqrt(arr.var() * inv) + 5e-4
-    m = float(arr.mean())
-    checks.append(Check(f"{fig}.mean", m, ref[fig]["mean"], tol,
-                        abs(m - ref[fig]["mean"]) <= tol))
-    if "median" in ref[fig]:
-      d = z * math.sqrt(0.25 * inv)
-      lo, hi = np.quantile(arr, [max(0.0, 0.5 - d), min(1.0, 0.5 + d)])
-      med = float(np.median(arr))
-      checks.append(Check(f"{fig}.median", med, ref[fig]["median"],
-                          (hi - lo) / 2, lo <= ref[fig]["median"] <= hi))
-    for ext in ("min", "max"):
-      if ext not in ref[fig]:
-        continue
-      v = float(arr.min() if ext == "min" else arr.max())
-      if fig == "direct_input_tokens":
-        # tail figure: rows of ours above the reference's max
-        above = int(np.sum(arr > ref[fig]["max"]))
-        lam = 3.0 * n / n_ref
-        allowed = math.floor(lam + z * math.sqrt(lam) + 1)
-        checks.append(Check(f"{fig}.max (rows above ref max)", above, 0,
-                            allowed, above <= allowed))
-      else:
-        checks.append(Check(f"{fig}.{ext}", v, ref[fig][ext], 0.0,
-                            v == ref[fig][ext]))
-  return checks
+    _check_moments(c, fig, arr, ref)
+  return c.checks
