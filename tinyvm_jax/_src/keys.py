@@ -112,6 +112,14 @@ def seeds_from_key_data(key_data) -> np.ndarray:
   return (d[..., 0] << np.uint64(32)) | d[..., 1]
 
 
+def key_data_from_seeds(seeds) -> np.ndarray:
+  """[..., 2] uint32 key data of [...] uint64 `meta.seed`s (host; the
+  inverse of `seeds_from_key_data`)."""
+  seed = np.asarray(seeds, np.uint64)
+  return np.stack([(seed >> np.uint64(32)).astype(np.uint32),
+                   (seed & np.uint64(0xFFFFFFFF)).astype(np.uint32)], -1)
+
+
 def probe_step(key_data: jax.Array, num_steps: jax.Array) -> jax.Array:
   """[] int32 step a probe_query render asks about: `meta.seed % num_steps`
   (as the reference's probe rows choose it), in-graph for one [2] uint32

@@ -332,6 +332,18 @@ def _generate(tier, split_key_data, indices, *, bucket, renders):
   return jax.vmap(one)(indices)
 
 
+def check_split(tier, split: str, bucket: str | None) -> None:
+  """ValueError unless (split, bucket) names a split of `tier` (any object
+  with a `bucket(name)` lookup: a `Tier`, or Tier 4's)."""
+  keys_lib.split_id(split)
+  if (split == "train") != (bucket is None):
+    raise ValueError(f"split {split!r} needs "
+                     f"{'no bucket' if split == 'train' else 'a bucket'}, "
+                     f"got bucket={bucket!r}")
+  if bucket is not None:
+    tier.bucket(bucket)
+
+
 def generate(tier, seed_base: int, split: str, bucket: str | None,
              indices, *, renders: Sequence[str] | None = None) -> Rows:
   """A batch of dataset rows (jitted; one compilation per tier and split).
@@ -349,13 +361,7 @@ def generate(tier, seed_base: int, split: str, bucket: str | None,
     (seed_base, split, bucket, indices[i]) only.
   """
   tier = get_tier(tier)
-  keys_lib.split_id(split)
-  if (split == "train") != (bucket is None):
-    raise ValueError(f"split {split!r} needs "
-                     f"{'no bucket' if split == 'train' else 'a bucket'}, "
-                     f"got bucket={bucket!r}")
-  if bucket is not None:
-    tier.bucket(bucket)
+  check_split(tier, split, bucket)
   renders = tier.renders if renders is None else tuple(renders)
   for r in renders:
     if r not in render_lib.RENDERS:

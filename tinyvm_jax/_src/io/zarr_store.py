@@ -182,23 +182,37 @@ def narrow(name: str, x: np.ndarray) -> np.ndarray:
   return x.astype(d)
 
 
-def arrays_to_rows(arrays: Mapping[str, np.ndarray]) -> Rows:
-  """The inverse of `rows_to_arrays` (int32 leaves, key_data from seeds)."""
-  seed = np.asarray(arrays["seed"], np.uint64)
-  key_data = np.stack([(seed >> np.uint64(32)).astype(np.uint32),
-                       (seed & np.uint64(0xFFFFFFFF)).astype(np.uint32)], -1)
-  wide = lambda k: np.asarray(arrays[k]).astype(read_dtype(k), copy=False)
-  program = Program(**{f: wide(f"program/{f}")
-                       for f in Program.__dataclass_fields__})
-  trace = Trace(**{f: wide(f"trace/{f}") for f in Trace.__dataclass_fields__})
+def widen_array(arrays: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+  """Array `name` of a read batch at its wide (int32) dtype."""
+  return np.asarray(arrays[name]).astype(read_dtype(name), copy=False)
+
+
+def struct_from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str):
+  """A `Program` or `Trace` (`cls`) from the arrays `<prefix>/<field>`."""
+  return cls(**{f: widen_array(arrays, f"{prefix}/{f}")
+                for f in cls.__dataclass_fields__})
+
+
+def renders_from_arrays(arrays: Mapping[str, np.ndarray]
+                        ) -> dict[str, Render]:
+  """{render name: `Render`} from the arrays `renders/<name>/...`."""
   renders = {}
   for name in sorted({k.split("/")[1] for k in arrays
                       if k.startswith("renders/")}):
-    tok = lambda part: Tokens(ids=wide(f"renders/{name}/{part}_ids"),
-                              length=wide(f"renders/{name}/{part}_length"))
+    tok = lambda part: Tokens(
+        ids=widen_array(arrays, f"renders/{name}/{part}_ids"),
+        length=widen_array(arrays, f"renders/{name}/{part}_length"))
     renders[name] = Render(input=tok("input"), target=tok("target"))
-  return Rows(key_data=key_data, axes=wide("axes"), program=program,
-              trace=trace, renders=renders)
+  return renders
+
+
+def arrays_to_rows(arrays: Mapping[str, np.ndarray]) -> Rows:
+  """The inverse of `rows_to_arrays` (int32 leaves, key_data from seeds)."""
+  return Rows(key_data=keys_lib.key_data_from_seeds(arrays["seed"]),
+              axes=widen_array(arrays, "axes"),
+              program=struct_from_arrays(Program, arrays, "program"),
+              trace=struct_from_arrays(Trace, arrays, "trace"),
+              renders=renders_from_arrays(arrays))
 
 
 # ----------------------------------------------------------- metadata

@@ -25,6 +25,7 @@ from tinyvm_jax._src import interpreter
 from tinyvm_jax._src import isa
 from tinyvm_jax._src import program as program_lib
 from tinyvm_jax._src import text as text_lib
+from tinyvm_jax._src import tiers as tiers_lib
 from tinyvm_jax._src import validate as validate_lib
 from tinyvm_jax._src.check.replay import Mismatch, compare_trace
 from tinyvm_jax._src.check.replay import first_diff
@@ -303,7 +304,7 @@ def _check_axes(items, index) -> Iterator[tuple[int, Mismatch]]:
     if "split" not in meta:
       continue
     try:
-      tier_lib.check_split(tier_lib.TIER4, meta["split"], meta.get("bucket"))
+      tiers_lib.check_split(tier_lib.TIER4, meta["split"], meta.get("bucket"))
     except ValueError as e:
       yield i, Mismatch(line, "meta", f"cannot rebuild: {e}")
       continue

@@ -52,7 +52,7 @@ from tinyvm_jax._src import program as program_lib
 from tinyvm_jax._src import text as text_lib
 from tinyvm_jax._src.io import parquet
 from tinyvm_jax._src.io import zarr_store
-from tinyvm_jax._src.types import Program, Render, Tokens, Trace
+from tinyvm_jax._src.types import Program, Render, Trace
 from tinyvm_jax._src.userop import binding
 from tinyvm_jax._src.userop.generate import UseropRow
 from tinyvm_jax._src.userop.shapes import RENDER_NAMES
@@ -255,20 +255,12 @@ def arrays_to_rows(arrays: Mapping[str, np.ndarray]) -> UseropRow:
   """The inverse of `rows_to_arrays` (int32 leaves, key_data from seeds),
   e.g. of `zarr_store.Store.read(group, start, stop)`."""
   seed = np.asarray(arrays["seed"], np.uint64)
-  key_data = np.stack([(seed >> np.uint64(32)).astype(np.uint32),
-                       (seed & np.uint64(0xFFFFFFFF)).astype(np.uint32)], -1)
-  wide = lambda k: np.asarray(arrays[k]).astype(zarr_store.read_dtype(k),
-                                                copy=False)
-  programs = {p: Program(**{f: wide(f"{p}/{f}")
-                            for f in Program.__dataclass_fields__})
+  key_data = keys_lib.key_data_from_seeds(seed)
+  wide = lambda k: zarr_store.widen_array(arrays, k)
+  programs = {p: zarr_store.struct_from_arrays(Program, arrays, p)
               for p in ("with_symbol", "base")}
-  trace = Trace(**{f: wide(f"trace/{f}") for f in Trace.__dataclass_fields__})
-  renders = {}
-  for name in sorted({k.split("/")[1] for k in arrays
-                      if k.startswith("renders/")}):
-    tok = lambda part: Tokens(ids=wide(f"renders/{name}/{part}_ids"),
-                              length=wide(f"renders/{name}/{part}_length"))
-    renders[name] = Render(input=tok("input"), target=tok("target"))
+  trace = zarr_store.struct_from_arrays(Trace, arrays, "trace")
+  renders = zarr_store.renders_from_arrays(arrays)
   renders = {r: renders[r] for r in RENDER_NAMES if r in renders}
   return UseropRow(key_data=key_data, axes=wide("axes"), n=wide("n"),
                    trace=trace, renders=renders, **programs)

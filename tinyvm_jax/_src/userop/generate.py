@@ -249,7 +249,7 @@ def key_data_of(key_data) -> np.ndarray:
   """[B, 2] uint32 key data from [B, 2] key data or [B] uint64 seeds."""
   kd = np.asarray(key_data)
   if kd.ndim == 1 and kd.dtype == np.uint64:
-    kd = np.stack([kd >> np.uint64(32), kd & np.uint64(0xFFFFFFFF)], -1)
+    kd = keys_lib.key_data_from_seeds(kd)
   if kd.ndim != 2 or kd.shape[1] != 2 or not np.issubdtype(kd.dtype,
                                                            np.integer):
     raise ValueError(f"key_data must be [B, 2] uint32 or [B] uint64 seeds, "

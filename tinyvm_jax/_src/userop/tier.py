@@ -47,6 +47,7 @@ import numpy as np
 from tinyvm_jax._src import checks
 from tinyvm_jax._src import isa
 from tinyvm_jax._src import keys as keys_lib
+from tinyvm_jax._src import tiers as tiers_lib
 from tinyvm_jax._src.userop import binding
 from tinyvm_jax._src.userop import generate as generate_lib
 from tinyvm_jax._src.userop import shapes as shapes_lib
@@ -171,17 +172,6 @@ def _host_rows(tier, key_data: np.ndarray, bucket, renders) -> UseropRow:
   return jax.tree_util.tree_map(lambda x: np.asarray(x)[:b], out)
 
 
-def check_split(tier: UseropTier, split: str, bucket: str | None) -> None:
-  """ValueError unless (split, bucket) names a split of `tier`."""
-  keys_lib.split_id(split)
-  if (split == "train") != (bucket is None):
-    raise ValueError(f"split {split!r} needs "
-                     f"{'no bucket' if split == 'train' else 'a bucket'}, "
-                     f"got bucket={bucket!r}")
-  if bucket is not None:
-    tier.bucket(bucket)
-
-
 def generate(seed_base: int, split: str, bucket: str | None, indices, *,
              tier: UseropTier = TIER4,
              renders: Sequence[str] | None = None) -> UseropRow:
@@ -201,7 +191,7 @@ def generate(seed_base: int, split: str, bucket: str | None, indices, *,
     `tier.num_programs(bucket)` slots. Row i is a function of (seed_base,
     split, bucket, indices[i]) only; `formats` writes it.
   """
-  check_split(tier, split, bucket)
+  tiers_lib.check_split(tier, split, bucket)
   renders = generate_lib.check_renders(
       tier.renders if renders is None else renders, "generate")
   indices = np.asarray(indices)
