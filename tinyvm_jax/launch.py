@@ -29,6 +29,8 @@ import time
 from absl import app
 from absl import flags
 
+from tinyvm_jax._src import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_processes", 2, "Processes to start.", lower_bound=1)
 flags.DEFINE_integer("port", 0, "Coordinator port on localhost (0: a free "
@@ -46,8 +48,7 @@ _OWN = ("--num_processes", "--process_id", "--coordinator_address")
 
 
 def _fail(msg: str, code: int = 2):
-  print(f"launch: error: {msg}", file=sys.stderr)
-  sys.exit(code)
+  cli.fail("launch", msg, code)
 
 
 def _free_port() -> int:

@@ -17,12 +17,13 @@ missing or extra files), 2 on unreadable input (named, with its line).
 """
 
 import logging
-import sys
 import time
 from pathlib import Path
 
 from absl import app
 from absl import flags
+
+from tinyvm_jax._src import cli
 
 from tinyvm_jax._src import compile_cache
 from tinyvm_jax._src.check.dataset import FORMATS as _FORMATS
@@ -47,15 +48,10 @@ flags.DEFINE_string(
 
 
 def _fail(msg: str, code: int = 2):
-  print(f"verify: error: {msg}", file=sys.stderr)
-  sys.exit(code)
+  cli.fail("verify", msg, code)
 
 
-def _parse_flags(argv):
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e).splitlines()[0])
+_parse_flags = cli.flags_parser("verify")
 
 
 def main(argv) -> int:

@@ -17,11 +17,12 @@ file and exits.
 
 import re
 import socket
-import sys
 from pathlib import Path
 
 from absl import app
 from absl import flags
+
+from tinyvm_jax._src import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("predictions", [], "A predictions file (JSONL, "
@@ -43,15 +44,10 @@ class UserError(Exception):
 
 
 def _fail(msg: str, code: int = 2):
-  print(f"view: error: {msg}", file=sys.stderr)
-  sys.exit(code)
+  cli.fail("view", msg, code)
 
 
-def _parse_flags(argv):
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e).splitlines()[0])
+_parse_flags = cli.flags_parser("view")
 
 
 def _export(application, path: Path, row: str | None) -> None:
