@@ -24,7 +24,6 @@ from absl import app
 from absl import flags
 
 from tinyvm_jax._src import cli
-
 from tinyvm_jax._src import compile_cache
 from tinyvm_jax._src.check.dataset import FORMATS as _FORMATS
 from tinyvm_jax._src.check.dataset import Report
