@@ -29,6 +29,9 @@ atexit.register(shutil.rmtree, _CACHES, ignore_errors=True)
 os.environ["XDG_CACHE_HOME"] = os.path.join(_CACHES, "xdg")
 os.environ["HF_HOME"] = os.path.join(_CACHES, "hf")
 os.environ["HF_DATASETS_CACHE"] = os.path.join(_CACHES, "hf", "datasets")
+# No persistent JAX compilation cache in the test process (nor the user's):
+# the CLIs the tests start get theirs under XDG_CACHE_HOME above.
+os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 
 
 def load_rows(name):

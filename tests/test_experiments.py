@@ -160,16 +160,6 @@ def test_explib_rejects_bad_input(call, message):
 
 
 # ---------------------------------------------------------------- explib
-@pytest.fixture(autouse=True)
-def _compilation_cache_in_tmp(tmp_path_factory):
-  """Whatever the environment says, this process's JAX cache is in tmp."""
-  old = jax.config.jax_compilation_cache_dir
-  jax.config.update("jax_compilation_cache_dir",
-                    str(tmp_path_factory.getbasetemp() / "jax_cache"))
-  yield
-  jax.config.update("jax_compilation_cache_dir", old)
-
-
 @pytest.fixture(scope="module")
 def len8_rows():
   """48 dataset rows of Tier 1 len_8, direct and cot_modified (host)."""
