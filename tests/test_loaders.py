@@ -235,3 +235,24 @@ def test_zarr_source_with_grain(emitted):
   assert np.array_equal(first["seed"], whole["seed"])
   shuffled = list(grain.MapDataset.source(src).shuffle(seed=1)[:16])
   assert len({int(r["seed"]) for r in shuffled}) == 16
+
+
+def test_grain_data_loader_over_the_zarr_source(emitted):
+  """grain's DataLoader (sampler, batch transform) yields every row once,
+  in batches, through the public `tinyvm_jax.data.ZarrSource`."""
+  import grain   # the test extra
+  from tinyvm_jax.data import ZarrSource
+  plan, d = emitted
+  src = ZarrSource(d, "train", names=["seed", "renders/direct/target_ids"])
+  loader = grain.DataLoader(
+      data_source=src,
+      sampler=grain.samplers.IndexSampler(num_records=len(src), shuffle=True,
+                                          seed=0, num_epochs=1),
+      operations=[grain.transforms.Batch(batch_size=16, drop_remainder=False)],
+      worker_count=0)
+  batches = list(loader)
+  assert all(b["seed"].shape[0] == 16 for b in batches[:-1])
+  assert batches[0]["renders/direct/target_ids"].shape[0] == 16
+  seeds = np.concatenate([b["seed"] for b in batches])
+  whole = loaders.open_zarr(d).read("train", names=["seed"])["seed"]
+  assert sorted(seeds.tolist()) == sorted(whole.tolist())
