@@ -33,6 +33,12 @@ os.environ["HF_DATASETS_CACHE"] = os.path.join(_CACHES, "hf", "datasets")
 # the CLIs the tests start get theirs under XDG_CACHE_HOME above.
 os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 
+import jax  # noqa: E402  (after the environment above)
+
+# ... and none even if a CLI's main() run in-process sets a cache directory:
+# in-process compiles writing to it crashed a long test session.
+jax.config.update("jax_enable_compilation_cache", False)
+
 
 def load_rows(name):
   """Rows of tests/data/<name>.jsonl.gz as dicts."""
