@@ -1,6 +1,7 @@
 """Shared fixtures: the reference rows copied into tests/data."""
 
 import atexit
+import gc
 import gzip
 import json
 import os
@@ -38,6 +39,29 @@ import jax  # noqa: E402  (after the environment above)
 # ... and none even if a CLI's main() run in-process sets a cache directory:
 # in-process compiles writing to it crashed a long test session.
 jax.config.update("jax_enable_compilation_cache", False)
+
+# Every compiled XLA executable holds a few memory mappings. One process
+# running the whole suite compiles thousands of them and neared Linux's
+# vm.max_map_count (65,530 by default), where the next compile segfaulted
+# (CI, tests/test_userop_tier.py). After a test module, JAX's caches are
+# dropped once the process holds this many mappings.
+_MAX_MAPPINGS = 20_000
+
+
+def _mappings() -> int:
+  try:
+    with open("/proc/self/maps", "rb") as f:
+      return sum(1 for _ in f)
+  except OSError:      # not Linux
+    return 0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_code():
+  yield
+  if _mappings() > _MAX_MAPPINGS:
+    jax.clear_caches()
+    gc.collect()
 
 
 def load_rows(name):
