@@ -145,16 +145,21 @@ class UseropSource:
             range(lo, hi, step)]
 
   def dispatch(self, sp: SplitPlan, key, positions: np.ndarray):
+    """Rows at `positions`, the batch padded to the plan's batch size, or
+    the split's rows if fewer (one compilation serves every batch of the
+    splits of the same sizes and row count)."""
     del key
+    size = min(self.plan.batch_size, -(-sp.num_rows // 8) * 8)
+    pad = max(size - len(positions), 0)
+    padded = np.concatenate([positions, np.repeat(positions[-1:], pad)])
     with jax.default_device(self.device):
       return userop_tier.generate(self.plan.seed_base, sp.split, sp.bucket,
-                                  positions, tier=self.plan.tier,
+                                  padded, tier=self.plan.tier,
                                   renders=self.plan.renders)
 
   def to_host(self, sp: SplitPlan, key, rows, count: int):
     del sp, key
-    assert rows.n.shape[0] == count
-    return rows
+    return jax.tree.map(lambda x: x[:count], rows)
 
   def to_jsonl(self, sp: SplitPlan, rows) -> bytes:
     return userop_formats.rows_to_jsonl(rows, split=sp.split,

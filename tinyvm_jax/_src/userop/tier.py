@@ -109,10 +109,12 @@ class UseropTier:
                                     k_demos=self.num_programs(bucket) - 1,
                                     n_max=n_max)
 
-  def sample_axes(self, key: jax.Array, bucket: str | None = None
+  def sample_axes(self, key: jax.Array, bucket: str | None = None, *,
+                  fixed: tuple[jax.Array, jax.Array] | None = None
                   ) -> jax.Array:
     """[4] int32 axes of a row from its axes key (consumed): drawn, then
-    the bucket's fixed ones put in."""
+    the bucket's fixed ones put in (`fixed`: its `fixed_axes`, may be
+    traced, in place of `bucket`)."""
     w = keys_lib.random_words(key, jnp.arange(2), _STREAM_AXES)
     (k_lo, k_hi), (n_lo, n_hi) = self.k_demos, self.n_target
     drawn = jnp.stack([
@@ -120,7 +122,7 @@ class UseropTier:
         k_lo + keys_lib.uniform_int(w[0, 1], k_hi - k_lo + 1),
         n_lo + keys_lib.uniform_int(w[1, 0], n_hi - n_lo + 1),
         keys_lib.uniform_int(w[1, 1], 2)])
-    mask, value = self.fixed_axes(bucket)
+    mask, value = self.fixed_axes(bucket) if fixed is None else fixed
     return jnp.where(mask, value, drawn).astype(jnp.int32)
 
 
@@ -139,21 +141,29 @@ def make_row(tier: UseropTier, key: jax.Array, *, bucket: str | None,
              renders: Sequence[str]) -> UseropRow:
   """One Tier 4 row (unbatched `UseropRow`, the split's shapes) from its
   row key (consumed); vmap for batches."""
-  axes = tier.sample_axes(keys_lib.axes_key(key), bucket)
+  return _make_row(tier, key, tier.fixed_axes(bucket),
+                   shapes=tier.shapes(bucket),
+                   num_programs=tier.num_programs(bucket), renders=renders)
+
+
+def _make_row(tier, key, fixed, *, shapes, num_programs, renders):
+  """`make_row` with the bucket as its (maybe traced) `fixed_axes` and
+  static sizes: splits of equal sizes share one compilation."""
+  axes = tier.sample_axes(keys_lib.axes_key(key), fixed=fixed)
   tables = binding.stack_tables(USEROPS)
   dec = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[axes[0]], tables)
-  return generate_lib.make_row(key, dec, axes, shapes=tier.shapes(bucket),
-                               num_programs=tier.num_programs(bucket),
-                               renders=renders)
+  return generate_lib.make_row(key, dec, axes, shapes=shapes,
+                               num_programs=num_programs, renders=renders)
 
 
-@functools.partial(jax.jit, static_argnames=("tier", "bucket", "renders"))
-def _rows(tier, key_data, *, bucket, renders):
-  """[B] rows of [B, 2] row key data: the one kernel of `generate` and
-  `build`."""
-  return jax.vmap(lambda d: make_row(
-      tier, jax.random.wrap_key_data(d, impl=keys_lib.IMPL), bucket=bucket,
-      renders=renders))(key_data)
+@functools.partial(jax.jit, static_argnames=("tier", "shapes",
+                                             "num_programs", "renders"))
+def _rows(tier, key_data, mask, value, *, shapes, num_programs, renders):
+  """[B] rows of [B, 2] row key data and a split's [4] fixed axes (`mask`,
+  `value`): the one kernel of `generate` and `build`."""
+  return jax.vmap(lambda d: _make_row(
+      tier, jax.random.wrap_key_data(d, impl=keys_lib.IMPL), (mask, value),
+      shapes=shapes, num_programs=num_programs, renders=renders))(key_data)
 
 
 @jax.jit
@@ -168,15 +178,19 @@ def _host_rows(tier, key_data: np.ndarray, bucket, renders) -> UseropRow:
   compilations; rows do not depend on their batch)."""
   b = key_data.shape[0]
   padded = np.concatenate([key_data, np.repeat(key_data[-1:], -b % 8, 0)])
-  out = _rows(tier, jnp.asarray(padded), bucket=bucket, renders=renders)
+  mask, value = tier.fixed_axes(bucket)
+  out = _rows(tier, jnp.asarray(padded), mask, value,
+              shapes=tier.shapes(bucket),
+              num_programs=tier.num_programs(bucket), renders=renders)
   return jax.tree_util.tree_map(lambda x: np.asarray(x)[:b], out)
 
 
 def generate(seed_base: int, split: str, bucket: str | None, indices, *,
              tier: UseropTier = TIER4,
              renders: Sequence[str] | None = None) -> UseropRow:
-  """A batch of Tier 4 dataset rows (jitted; one compilation a split and
-  batch size rounded up to 8; host numpy result).
+  """A batch of Tier 4 dataset rows (jitted; one compilation for splits of
+  the same sizes (`tier.shapes`, `tier.num_programs`) and batch size
+  rounded up to 8; host numpy result).
 
   Args:
     seed_base: the dataset's seed base, an int in [0, 2**64).
@@ -205,11 +219,11 @@ def generate(seed_base: int, split: str, bucket: str | None, indices, *,
   return _host_rows(tier, np.asarray(key_data), bucket, renders)
 
 
-@functools.partial(jax.jit, static_argnames=("tier", "bucket"))
-def _axes(tier, key_data, *, bucket):
+@functools.partial(jax.jit, static_argnames=("tier",))
+def _axes(tier, key_data, mask, value):
   def one(kd):
     key = jax.random.wrap_key_data(kd, impl=keys_lib.IMPL)
-    return tier.sample_axes(keys_lib.axes_key(key), bucket)
+    return tier.sample_axes(keys_lib.axes_key(key), fixed=(mask, value))
   return jax.vmap(one)(key_data)
 
 
@@ -218,7 +232,8 @@ def seed_axes(seeds, *, bucket: str | None, tier: UseropTier = TIER4
   """[B, 4] int32 axes that rows of [B] uint64 `meta.seed`s draw in a split
   (bucket None: train) (host)."""
   kd = generate_lib.key_data_of(np.asarray(seeds, np.uint64))
-  return np.asarray(_axes(tier, jnp.asarray(kd), bucket=bucket))
+  mask, value = tier.fixed_axes(bucket)
+  return np.asarray(_axes(tier, jnp.asarray(kd), mask, value))
 
 
 def build(seeds, *, bucket: str | None = None, tier: UseropTier = TIER4,
