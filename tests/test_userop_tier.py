@@ -95,6 +95,20 @@ def test_rows_do_not_depend_on_the_batch():
   _equal(tier_lib.generate(0, "train", None, idx), _take(batch, idx))
 
 
+def test_buckets_of_equal_sizes_share_one_compilation():
+  """The bucket's fixed axes are traced: buckets of the same sizes reuse
+  the kernel, which does not retrace."""
+  _, want = rows("eval", "max_k1", 8)          # compiled for k_demos = 1
+  size = tier_lib._rows._cache_size()
+  for bucket in ("double_k1", "sign_k1"):
+    batch = tier_lib.generate(0, "eval", bucket, np.arange(8))
+    assert (batch.axes[:, 1] == 1).all()
+  again = tier_lib.generate(0, "eval", "max_k1", np.arange(8))
+  assert tier_lib._rows._cache_size() == size
+  assert formats.rows_to_json(again, split="eval", bucket="max_k1") == want
+  assert set(batch.axes[:, 0]) == {T.bucket_names.index("sign_k1") // 3}
+
+
 def test_build_from_seed():
   for split, bucket, n in (("train", None, N_TRAIN), ("eval", "max_k1", 8)):
     batch, json_rows = rows(split, bucket, n)

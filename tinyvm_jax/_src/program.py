@@ -142,8 +142,9 @@ def pad_to(program: Program, max_len: int) -> Program:
     raise ProgramError(f"cannot pad a program of {p} rows to {max_len}")
   def pad(x, fill):
     x = np.asarray(x)
-    widths = [(0, max_len - p)] + [(0, 0)] * (x.ndim - 1)
-    return np.pad(x, widths, constant_values=fill)
+    out = np.full((max_len,) + x.shape[1:], fill, x.dtype)
+    out[:p] = x
+    return out
   return Program(op=pad(program.op, isa.NOP), regs=pad(program.regs, 0),
                  lit=pad(program.lit, 0), target=pad(program.target, -1),
                  target_label=pad(program.target_label, -1),

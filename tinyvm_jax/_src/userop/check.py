@@ -15,6 +15,7 @@ those of its bucket.
 
 import functools
 import itertools
+import json
 from typing import Any, Iterable, Iterator, Mapping
 
 import jax
@@ -78,7 +79,7 @@ def _parse(line: int, row: Any):
     return bad("meta.tier", f"expected {formats.TIER!r}, got "
                f"{meta.get('tier')!r}")
   try:
-    userop = binding.UserOp.from_spec(meta.get("opcode_spec"))
+    userop = _userop(meta.get("opcode_spec"))
   except ValueError as e:
     return bad("meta.opcode_spec", str(e))
   demos = row["demos"]
@@ -98,6 +99,20 @@ def _parse(line: int, row: Any):
     except ProgramError as e:
       return bad(f"{where}.with_symbol", str(e))
   return userop, out
+
+
+@functools.lru_cache(maxsize=64)
+def _userop_of(spec_json: str) -> binding.UserOp:
+  return binding.UserOp.from_spec(json.loads(spec_json))
+
+
+def _userop(spec: Any) -> binding.UserOp:
+  """`UserOp.from_spec`, memoized on the spec's JSON (rows repeat a few)."""
+  try:
+    key = json.dumps(spec, sort_keys=True)
+  except (TypeError, ValueError):
+    return binding.UserOp.from_spec(spec)
+  return _userop_of(key)
 
 
 def _shape_ok(ws: list, userop: binding.UserOp) -> bool:
@@ -123,7 +138,7 @@ def _structure(line, meta, userop: binding.UserOp, parts
   demo_lens = {shapes_lib.expected_length(n, use_stack) for n in range(
       shapes_lib.DEMO_N_MIN, shapes_lib.DEMO_N_MAX + 1)}
   writes = {userop.op_name: userop.writes}
-  for where, part, _ in parts:
+  for where, part, parsed in parts:
     ws = part["with_symbol"]
     want = ({shapes_lib.expected_length(n_target, use_stack)}
             if where == "target" else demo_lens)
@@ -135,7 +150,8 @@ def _structure(line, meta, userop: binding.UserOp, parts
       yield Mismatch(line, f"{where}.with_symbol", f"expected one "
                      f"{userop.op_name} of distinct registers followed by "
                      f"PRINT of its destination and HALT")
-    for form, prog, kw in (("with_symbol", ws, {"userop_writes": writes}),
+    for form, prog, kw in (("with_symbol", parsed,
+                            {"userop_writes": writes}),
                            ("base", part["base"], {})):
       try:
         issues = validate_lib.find_issues(prog, **kw)
