@@ -3,6 +3,7 @@ r"""Emits a Tiny-VM dataset: `python -m tinyvm_jax.emit`.
   python -m tinyvm_jax.emit --tier=tier1 --out=DIR [--seed=0] \
       [--device=cpu|gpu|tpu] [--formats=zarr,jsonl,parquet] \
       [--config.train_size=1000 --config.eval_size=100 ...] \
+      [--workers=N] \
       [--num_processes=N --process_id=I --coordinator_address=HOST:PORT]
 
 Settings come from the package's `tinyvm_jax/configs/<tier>.py` (the
@@ -64,6 +65,11 @@ flags.DEFINE_integer("cpu_devices", None, "On a CPU: JAX devices to split it "
                      "into, each computing its share of a batch in parallel "
                      "(default: one a core, up to 8, unless XLA_FLAGS sets "
                      "--xla_force_host_platform_device_count).", lower_bound=1)
+flags.DEFINE_integer("workers", None, "Serialization worker processes "
+                     "(JSONL and Parquet conversion) of this process; 0: "
+                     "serialize in the writers' threads (default: none "
+                     "below 50,000 rows, else one a core but one, at most "
+                     "32). The bytes do not depend on it.", lower_bound=0)
 flags.DEFINE_integer("num_processes", None, "Processes of a multi-process "
                      "emit (default 1, or what JAX's cluster detection "
                      "finds with --coordinator_address unset).", lower_bound=1)
@@ -344,7 +350,8 @@ def main(argv) -> int:
   try:
     result = run_lib.emit_dataset(plan, out, devices=devices, config=config,
                                   on_progress=bar, log=note,
-                                  max_classes=max_classes)
+                                  max_classes=max_classes,
+                                  workers=FLAGS.workers)
   except KeyboardInterrupt:
     bar.close()
     _fail("interrupted; run the same command again to resume", 130)

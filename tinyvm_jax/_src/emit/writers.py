@@ -40,6 +40,12 @@ class Writer(Protocol):
     """Releases what is open (also after an error: nothing is committed)."""
 
 
+# A writer whose `write` converts the rows with the source's method named
+# by its `convert` ("to_jsonl", "to_table") also has `write_converted(sp,
+# converted, positions)`, which takes that method's result instead: the run
+# then converts in serialization workers (`convert.Pool`).
+
+
 class JsonlWriter:
   """Orders each part's lines and appends them to the process's current
   piece of the split (`layout.jsonl_piece`), hashing as it goes. Progress
@@ -54,8 +60,15 @@ class JsonlWriter:
     self.file = None
     self.key = None   # (split name, piece's first part, last part written)
 
+  convert = "to_jsonl"
+
   def write(self, sp: SplitPlan, rows, positions: np.ndarray) -> None:
-    data = self.source.to_jsonl(sp, rows)
+    self.write_converted(sp, self.source.to_jsonl(sp, rows), positions)
+
+  def write_converted(self, sp: SplitPlan, data: bytes,
+                      positions: np.ndarray) -> None:
+    """`write` of the rows' JSONL bytes (`source.to_jsonl`)."""
+    del sp
     lines = data.split(b"\n")
     assert len(lines) == len(positions) + 1 and not lines[-1]
     self.lines.extend(lines[:-1])
@@ -121,8 +134,16 @@ class ParquetWriter:
     self.plan, self.work, self.source = plan, work, source
     self.tables, self.positions = [], []
 
+  convert = "to_table"
+
   def write(self, sp: SplitPlan, rows, positions: np.ndarray) -> None:
-    self.tables.append(self.source.to_table(sp, rows))
+    self.write_converted(sp, self.source.to_table(sp, rows), positions)
+
+  def write_converted(self, sp: SplitPlan, table,
+                      positions: np.ndarray) -> None:
+    """`write` of the rows' Arrow table (`source.to_table`)."""
+    del sp
+    self.tables.append(table)
     self.positions.append(positions)
 
   def _part_table(self):
