@@ -306,8 +306,16 @@ def test_workers_setting_is_checked(tmp_path):
   with pytest.raises(plan_lib.EmitError, match="workers must be an integer"):
     emit_dataset(small_plan("tier0"), tmp_path, workers=-1)
   assert not (tmp_path / "tier0").exists()
-  assert convert.default_workers(1000) == 0
-  assert 1 <= convert.default_workers(10 ** 6) <= 32
+
+
+
+@pytest.mark.parametrize("cores, processes, rows, workers", [
+    (2, 1, 10 ** 6, 0), (3, 1, 10 ** 6, 0), (4, 1, 10 ** 6, 2),
+    (16, 1, 10 ** 6, 14), (16, 1, 1000, 0), (16, 2, 10 ** 6, 6),
+    (128, 1, 10 ** 6, 32)])
+def test_default_workers(monkeypatch, cores, processes, rows, workers):
+  monkeypatch.setattr(convert, "usable_cores", lambda: cores)
+  assert convert.default_workers(rows, processes) == workers
 
 
 def test_a_plan_pickles():

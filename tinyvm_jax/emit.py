@@ -67,9 +67,10 @@ flags.DEFINE_integer("cpu_devices", None, "On a CPU: JAX devices to split it "
                      "--xla_force_host_platform_device_count).", lower_bound=1)
 flags.DEFINE_integer("workers", None, "Serialization worker processes "
                      "(JSONL and Parquet conversion) of this process; 0: "
-                     "serialize in the writers' threads (default: none "
-                     "below 50,000 rows, else one a core but one, at most "
-                     "32). The bytes do not depend on it.", lower_bound=0)
+                     "serialize in the writers' threads (default: one a "
+                     "core less two, at most 32; none on fewer than 4 cores "
+                     "or below 50,000 rows). The bytes do not depend on "
+                     "it.", lower_bound=0)
 flags.DEFINE_integer("num_processes", None, "Processes of a multi-process "
                      "emit (default 1, or what JAX's cluster detection "
                      "finds with --coordinator_address unset).", lower_bound=1)

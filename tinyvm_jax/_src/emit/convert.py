@@ -47,15 +47,15 @@ def usable_cores() -> int:
 
 
 def default_workers(rows: int, processes: int = 1) -> int:
-  """The workers of an emit that does not choose: none for under
-  `_POOL_ROWS` rows (starting them costs about what they save), else a
-  worker a core left to this process (its share of the machine's cores
-  when several emit processes share it), less one for the emit's own
-  threads, at least 1 and at most `_MOST_DEFAULT`."""
-  if rows < _POOL_ROWS:
-    return 0
+  """The workers of an emit that does not choose: a worker a core of this
+  process's share of the machine (its cores over the emit processes on
+  it), less two for the emit's own threads (generation, copy, writers),
+  at most `_MOST_DEFAULT`; none below 2 such workers (on 2 or 3 cores the
+  emit's threads already keep every core busy, BUILD.md) or for under
+  `_POOL_ROWS` rows (starting them costs about what they save)."""
   share = usable_cores() // max(1, processes)
-  return max(1, min(_MOST_DEFAULT, share - 1))
+  workers = min(_MOST_DEFAULT, share - 2)
+  return workers if workers >= 2 and rows >= _POOL_ROWS else 0
 
 
 def check_workers(workers) -> int:
