@@ -9,7 +9,8 @@ keep the file appends, hashing and `.partial` layout.
 
 - Start method "forkserver" (or "spawn" where there is none), never "fork":
   the emit's process runs JAX's threads. The fork server imports this
-  module once, so that a worker starts in milliseconds.
+  module once, so that a worker starts in milliseconds; the pool starts its
+  workers as it is made, while the emit compiles.
 - A batch is cut into at most `ceil(workers / IN_FLIGHT)` slices (each of
   at least `_MIN_SLICE` rows), a job each; `Pending.result` joins the
   slices' results in order. The run keeps at most `IN_FLIGHT` batches a
@@ -31,6 +32,7 @@ import numpy as np
 from tinyvm_jax._src import checks
 from tinyvm_jax._src.emit import sources
 from tinyvm_jax._src.emit.plan import EmitError, Plan, SplitPlan
+from tinyvm_jax._src.io import jsonl_chunks
 
 IN_FLIGHT = 4          # batches a converting writer may have submitted
 _MIN_SLICE = 256       # fewest rows a job
@@ -85,6 +87,11 @@ def _exit_when_orphaned() -> None:
   if parent is not None:
     parent.join()
     os._exit(1)
+
+
+def _warm() -> None:
+  """(In a worker) builds the JSONL chunk tables (once a process)."""
+  jsonl_chunks.tables()
 
 
 def _convert(kind: str, sp: SplitPlan, rows):
@@ -144,6 +151,16 @@ class Pool:
     self._executor = concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=ctx, initializer=_start_worker,
         initargs=(plan,))
+    self._starting = threading.Thread(target=self._start_workers,
+                                      name="tinyvm-pool-start", daemon=True)
+    self._starting.start()
+
+  def _start_workers(self) -> None:
+    """Starts the workers now, while the emit compiles: the fork server
+    imports JAX and this package once (seconds), then each worker forks
+    from it and builds its chunk tables."""
+    for _ in range(self.workers):
+      self._executor.submit(_warm)
 
   def submit(self, kind: str, sp: SplitPlan, rows, count: int) -> Pending:
     """Starts `source.<kind>(sp, rows)` on host `rows` [count]."""
@@ -159,4 +176,5 @@ class Pool:
     return self
 
   def __exit__(self, *exc) -> None:
+    self._starting.join()
     self._executor.shutdown(wait=True, cancel_futures=True)
