@@ -336,19 +336,36 @@ def _cli(*args, timeout=300, **kw):
                         cwd=ROOT, **kw)
 
 
-def test_killed_cli_emit_resumes_byte_identical(tmp_path):
+def _tagged_processes(tag: str) -> list[int]:
+  """Pids of the processes whose environment holds TINYVM_TEST_TAG=tag."""
+  found = []
+  for d in Path("/proc").iterdir():
+    try:
+      if d.name.isdigit() and f"TINYVM_TEST_TAG={tag}".encode() in (
+          d / "environ").read_bytes().split(b"\0"):
+        found.append(int(d.name))
+    except OSError:
+      pass
+  return found
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+def test_killed_cli_emit_resumes_byte_identical(tmp_path, workers):
   """SIGKILL a real emit process mid-way; the same command finishes it, with
   the same bytes as an uninterrupted in-process emit (at another batch
-  size)."""
+  size). With serialization workers, none outlives the killed emit."""
   train, ev = 3000, 60
   args = ["--tier=tier0", f"--out={tmp_path}", "--formats=jsonl,zarr,parquet",
           f"--config.train_size={train}", f"--config.eval_size={ev}",
           "--config.batch_size=16", "--config.vmap_rows=16",
           "--config.part_rows=128", "--config.chunk_rows=64",
           f"--compile_cache={tmp_path / 'cache'}"]
+  args += [f"--workers={workers}"] if workers is not None else []
+  tag = str(tmp_path)
   proc = subprocess.Popen([sys.executable, "-m", "tinyvm_jax.emit", *args],
                           cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+                          stderr=subprocess.DEVNULL,
+                          env=dict(os.environ, TINYVM_TEST_TAG=tag))
   progress = (tmp_path / "tier0" / layout.PARTIAL / layout.PROGRESS_DIR
               / "p00000.json")
   killed = wait_for_a_recorded_part(progress, proc, 240)
@@ -356,6 +373,10 @@ def test_killed_cli_emit_resumes_byte_identical(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
   assert killed, "the emit finished before it could be killed"
+  deadline = time.monotonic() + 20
+  while _tagged_processes(tag) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  assert not _tagged_processes(tag), "processes outlived the killed emit"
   assert not (tmp_path / "tier0" / "manifest.json").exists()
   r = _cli(*args)
   assert r.returncode == 0, r.stderr

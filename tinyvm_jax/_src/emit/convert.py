@@ -99,6 +99,15 @@ def _convert(kind: str, sp: SplitPlan, rows):
   return getattr(_SOURCE[0], kind)(sp, rows)
 
 
+def _encode_parquet(table) -> bytes:
+  """(In a worker) a Parquet file's bytes of an Arrow table."""
+  import pyarrow as pa
+  from tinyvm_jax._src.io import parquet
+  sink = pa.BufferOutputStream()
+  parquet.write_parquet(table, sink)
+  return sink.getvalue().to_pybytes()
+
+
 # ------------------------------------------------------ in the emit
 def _join(kind: str, parts: list):
   """A batch's result from its slices' results, in order."""
@@ -171,6 +180,11 @@ class Pool:
         _convert, kind, sp, jax.tree.map(lambda x: x[lo:hi], rows))
                for lo, hi in zip(bounds[:-1], bounds[1:])]
     return Pending(kind, futures)
+
+  def encode_parquet(self, table) -> Pending:
+    """Starts encoding `table` as a Parquet file's bytes."""
+    return Pending("parquet",
+                   [self._executor.submit(_encode_parquet, table)])
 
   def __enter__(self) -> "Pool":
     return self

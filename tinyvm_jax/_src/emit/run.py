@@ -10,10 +10,12 @@ host and trims it; one thread a writer places the rows at
 their positions and writes the part. With serialization workers
 (`convert.Pool`), the host thread also submits each batch's JSONL and Arrow
 conversion to them, and the JSONL and Parquet writers take the results in
-order. Memory is bounded by the queues, a few batches and one part, whatever
-the dataset size and the number of workers.
+order; the Parquet writer has each part's file encoded there too. Memory
+is bounded by the queues, a few batches and parts, whatever the dataset
+size and the number of workers.
 """
 
+import collections
 import contextlib
 import dataclasses
 import queue
@@ -195,8 +197,14 @@ def _copy_stage(stages: _Stages, source: sources.RowSource,
 
 
 def _write_stage(stages: _Stages, writer: writers_lib.Writer,
-                 source: queue.Queue, recorder: _PartRecorder) -> None:
-  """Feeds one writer; reports each part it made durable."""
+                 source: queue.Queue, recorder: _PartRecorder,
+                 pool: convert.Pool | None) -> None:
+  """Feeds one writer; reports each part it made durable. With a `pool`
+  and a writer that can (`end_part_with`), a part's encoding runs in the
+  pool while the next parts' rows arrive; at most `convert.IN_FLIGHT` parts
+  wait, made durable and recorded in order."""
+  ending = collections.deque()   # (sp, part, encoding in flight, commit)
+  defer = pool is not None and hasattr(writer, "end_part_with")
   try:
     while (item := stages.get(source)) is not None:
       if isinstance(item.rows, convert.Pending):
@@ -204,11 +212,26 @@ def _write_stage(stages: _Stages, writer: writers_lib.Writer,
                                item.positions)
       else:
         writer.write(item.sp, item.rows, item.positions)
-      if item.last:
+      if item.last and defer:
+        ending.append((item.sp, item.part) + tuple(
+            writer.end_part_with(pool, item.sp, item.part)))
+      elif item.last:
         recorder.durable(item.sp, item.part,
                          writer.end_part(item.sp, item.part))
+      while ending and (len(ending) > convert.IN_FLIGHT
+                        or ending[0][2].wait(0)):
+        _end_oldest(stages, recorder, ending)
+    while ending:
+      _end_oldest(stages, recorder, ending)
   finally:
     writer.close()
+
+
+def _end_oldest(stages: _Stages, recorder: _PartRecorder,
+                ending: collections.deque) -> None:
+  """Makes the oldest part of `ending` durable once encoded; records it."""
+  sp, part, pending, commit = ending.popleft()
+  recorder.durable(sp, part, commit(stages.wait(pending)))
 
 
 def _dispatch_stage(stages: _Stages, sink: queue.Queue,
@@ -253,7 +276,7 @@ def generate_parts(plan: Plan, todo: Sequence[tuple[SplitPlan, int]], *,
                on_progress, total)
   for w, sink in zip(writers, sinks):
     stages.start(f"tinyvm-{type(w).__name__}", _write_stage, w, sink.queue,
-                 recorder)
+                 recorder, pool)
   generated = 0
   try:
     generated = _dispatch_stage(stages, device_q, source, todo)

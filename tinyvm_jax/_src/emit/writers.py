@@ -43,7 +43,10 @@ class Writer(Protocol):
 # A writer whose `write` converts the rows with the source's method named
 # by its `convert` ("to_jsonl", "to_table") also has `write_converted(sp,
 # converted, positions)`, which takes that method's result instead: the run
-# then converts in serialization workers (`convert.Pool`).
+# then converts in serialization workers (`convert.Pool`). A writer with
+# `end_part_with(pool, sp, part)` also moves the part's encoding to them:
+# it returns (the encoding in flight, a function of its result that makes
+# the part durable and returns `end_part`'s record).
 
 
 class JsonlWriter:
@@ -167,19 +170,34 @@ class ParquetWriter:
     return table.combine_chunks()
 
   def end_part(self, sp: SplitPlan, part: int) -> dict:
+    table = self._part_table()
+    self.tables, self.positions = [], []
+    return self._commit(sp, part, table.num_rows,
+                        lambda tmp: self._parquet.write_parquet(table, tmp))
+
+  def end_part_with(self, pool, sp: SplitPlan, part: int):
+    """`end_part` with the part's Parquet encoding in `pool`
+    (`convert.Pool`): returns the encoding in flight and a function that
+    takes its bytes and makes the part durable (returning its record)."""
+    table = self._part_table()
+    self.tables, self.positions = [], []
+    n = table.num_rows
+    return pool.encode_parquet(table), lambda data: self._commit(
+        sp, part, n, lambda tmp: tmp.write_bytes(data))
+
+  def _commit(self, sp: SplitPlan, part: int, rows: int, write) -> dict:
+    """`write(path)` writes the part's file under a temporary name; makes
+    it durable under its own; returns its progress record."""
     rel = sp.parquet(part, self.plan.part_rows)
     path = self.work / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    table = self._part_table()
-    self.tables, self.positions = [], []
-    self._parquet.write_parquet(table, tmp)
+    write(tmp)
     manifest_lib.fsync_file(tmp)
     os.replace(tmp, path)
     manifest_lib.fsync_dir(path.parent)
     digest, size, _ = manifest_lib.sha256_file(path)
-    return {"files": {rel: {"rows": table.num_rows, "sha256": digest,
-                            "bytes": size}}}
+    return {"files": {rel: {"rows": rows, "sha256": digest, "bytes": size}}}
 
   def close(self) -> None:
     self.tables, self.positions = [], []
