@@ -7,9 +7,10 @@ cost in core-seconds, which a machine shared with other jobs disturbs less
 than wall time. Stages: generate (the jitted `tinyvm_jax.generate`, at the
 split's full sizes: an upper bound of the emit's row-class kernel), device
 -> host copy and row cut, zarr encode + write, JSONL serialization, Arrow
-table, Parquet encode (zstd), pickling to and from a worker, sha256 of the
-bytes written, and disk writes (+ fsync). Which of them a worker pool runs
-is in the `where` column.
+table, Parquet encode (zstd), pickling to and from a worker (the emit's
+side and the worker's), sha256 of every file's bytes, and disk writes
+(+ fsync). The `where` column says which thread or process runs each with
+`--workers` >= 1.
 
 Part 2 runs `python -m tinyvm_jax.emit` (all formats, a warm compilation
 cache) once a `--workers` value, each into an empty folder; wall and CPU
@@ -117,16 +118,18 @@ def _serialize(rows, tmp: Path):
   return jsonl, table, (encode[0], path.read_bytes())
 
 
-def _pickling(rows, blob: bytes, table):
-  """Moving a batch to a worker and its JSONL bytes and table back: (the
-  emit's side: dumps of the rows, loads of the results; the worker's side:
-  the other two), the least of 5 tries each."""
+def _pickling(rows, blob: bytes, table, parquet: bytes):
+  """Moving work to the workers and back: a batch's rows out, its JSONL
+  bytes and table back, a part's table out and its Parquet bytes back.
+  (The emit's side: dumps out, loads back; the worker's side: the
+  others), the least of 5 tries each."""
   dump = lambda x: pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL)
-  sent = [dump(x) for x in (rows, blob, table)]
-  emit_side = _cpu(lambda: (dump(rows), pickle.loads(sent[1]),
-                            pickle.loads(sent[2])), 5)[0]
-  worker_side = _cpu(lambda: (pickle.loads(sent[0]), dump(blob),
-                              dump(table)), 5)[0]
+  out, back = (rows, table), (blob, table, parquet)
+  out_p, back_p = [dump(x) for x in out], [dump(x) for x in back]
+  emit_side = _cpu(lambda: ([dump(x) for x in out],
+                            [pickle.loads(x) for x in back_p]), 5)[0]
+  worker_side = _cpu(lambda: ([pickle.loads(x) for x in out_p],
+                              [dump(x) for x in back]), 5)[0]
   return emit_side, worker_side
 
 
@@ -140,7 +143,7 @@ def measure_stages(rows_n: int, batch: int) -> dict:
     del device
     z, zarr_bytes = _zarr(rows, tmp, rows_n)
     (j, blob), (t, table), (p, parquet) = _serialize(rows, tmp)
-    ipc, ipc_worker = _pickling(rows, blob, table)
+    ipc, ipc_worker = _pickling(rows, blob, table, parquet)
     written = blob + parquet   # zarr's own writes are in its stage
     h, d = _hash_and_disk(written, tmp)
     h *= (len(written) + zarr_bytes) / len(written)   # every file's hash
@@ -152,7 +155,8 @@ def measure_stages(rows_n: int, batch: int) -> dict:
       "zarr": (per_m(z), "zarr writer thread (serial; tensorstore threads)"),
       "jsonl_serialize": (per_m(j), "workers (parallel)"),
       "arrow_table": (per_m(t), "workers (parallel)"),
-      "parquet_encode": (per_m(p), "parquet writer thread (serial)"),
+      "parquet_encode": (per_m(p), "workers (parallel; in-thread: "
+                                   "parquet writer thread)"),
       "pickle_emit_side": (per_m(ipc), "pool threads of the emit (serial)"),
       "pickle_worker_side": (per_m(ipc_worker), "workers (parallel)"),
       "sha256": (per_m(h), "writer threads + finish (serial)"),

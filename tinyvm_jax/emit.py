@@ -19,8 +19,9 @@ over them). With `--num_processes=N` the command is one of N processes
 (same flags, `--process_id` 0..N-1, one `--coordinator_address`; on a
 cluster JAX can also read these from its environment): they join JAX's
 distributed runtime, each writes its share of the parts into the shared
-`--out`, and process 0 writes the manifest when all are done. The bytes are
-the same for any number of processes and devices. `python -m
+`--out`, and process 0 writes the manifest when all are done. `--workers`
+sets the processes that serialize JSONL and Parquet. The bytes are the same
+for any number of processes, devices and workers. `python -m
 tinyvm_jax.launch` starts N local processes.
 """
 
