@@ -1,11 +1,12 @@
-"""Serialization workers: host batches -> JSONL bytes and Arrow tables in
-worker processes.
+"""Serialization workers: host batches -> JSONL bytes and Arrow tables,
+and Parquet parts -> file bytes, in worker processes.
 
 The JSONL and Parquet writers spend most of their time turning host rows
 into bytes (`RowSource.to_jsonl`) and Arrow tables (`RowSource.to_table`),
-pure functions of a batch. A `Pool` runs them in worker processes, so that
-serialization uses as many cores as there are workers; the writers' threads
-keep the file appends, hashing and `.partial` layout.
+and a part's table into a Parquet file: pure functions. A `Pool` runs them
+in worker processes, so that serialization uses as many cores as there are
+workers; the writers' threads keep the file appends, fsync, hashing and
+`.partial` layout.
 
 - Start method "forkserver" (or "spawn" where there is none), never "fork":
   the emit's process runs JAX's threads. The fork server imports this
@@ -21,6 +22,7 @@ keep the file appends, hashing and `.partial` layout.
 """
 
 import concurrent.futures
+from concurrent.futures.process import BrokenProcessPool
 import multiprocessing
 import os
 import signal
@@ -134,7 +136,7 @@ class Pending:
     """The batch's bytes or table (raises a worker's error)."""
     try:
       return _join(self.kind, [f.result() for f in self.futures])
-    except concurrent.futures.process.BrokenProcessPool as e:
+    except BrokenProcessPool as e:
       raise EmitError(f"a serialization worker died ({e}); run the same "
                       "command again to resume") from None
 
