@@ -7,6 +7,7 @@ that the jitted row function compiles once a tier for the whole session.
 import gzip
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from conftest import wait_for_a_recorded_part
 from tinyvm_jax._src.io import loaders
 from tinyvm_jax._src.io import manifest as manifest_lib
 from tinyvm_jax._src.emit import classes as classes_lib
+from tinyvm_jax._src.emit import convert
 from tinyvm_jax._src.emit import layout
 from tinyvm_jax._src.emit import plan as plan_lib
 from tinyvm_jax._src.emit.run import emit_dataset
@@ -286,25 +288,84 @@ def test_changed_settings_discard_an_unfinished_emit(emitted, tmp_path):
   assert data_files(result.tier_dir) == data_files(emitted["tier0"])
 
 
+def test_workers_write_the_same_bytes(tmp_path, monkeypatch):
+  """Serialization workers (each batch cut into slices, a job each) write
+  the bytes of the in-thread emit."""
+  monkeypatch.setattr(convert, "IN_FLIGHT", 1)   # 2 workers: 2 slices
+  monkeypatch.setattr(convert, "_MIN_SLICE", 16)
+  plan = small_plan("tier1")
+  inline = emit_dataset(plan, tmp_path / "w0", workers=0).tier_dir
+  pooled = emit_dataset(plan, tmp_path / "w2", workers=2).tier_dir
+  assert data_files(pooled) == data_files(inline)
+  m0, m2 = (json.loads((d / "manifest.json").read_bytes())["files"]
+            for d in (inline, pooled))
+  assert m0 == m2
+
+
+def test_workers_setting_is_checked(tmp_path):
+  with pytest.raises(plan_lib.EmitError, match="workers must be an integer"):
+    emit_dataset(small_plan("tier0"), tmp_path, workers=-1)
+  assert not (tmp_path / "tier0").exists()
+
+
+
+@pytest.mark.parametrize("cores, processes, rows, workers", [
+    (2, 1, 10 ** 6, 0), (3, 1, 10 ** 6, 0), (4, 1, 10 ** 6, 2),
+    (16, 1, 10 ** 6, 14), (16, 1, 1000, 0), (16, 2, 10 ** 6, 6),
+    (128, 1, 10 ** 6, 32)])
+def test_default_workers(monkeypatch, cores, processes, rows, workers):
+  monkeypatch.setattr(convert, "usable_cores", lambda: cores)
+  assert convert.default_workers(rows, processes) == workers
+
+
+def test_a_plan_pickles():
+  """Serialization workers are sent the plan: its tier goes by name."""
+  for tier in ("tier0", "tier1", "tier2", "tier4"):
+    t = plan_lib.get_tier(tier)
+    plan = plan_lib.make_plan(
+        tier=tier, seed_base=3, train_size=10, eval_size=2,
+        renders=t.renders if tier == "tier4" else ("direct",),
+        formats=FORMATS, batch_size=8, part_rows=8, chunk_rows=8)
+    back = pickle.loads(pickle.dumps(plan))
+    assert back == plan and back.tier is plan.tier
+
+
 def _cli(*args, timeout=300, **kw):
   return subprocess.run([sys.executable, "-m", "tinyvm_jax.emit", *args],
                         capture_output=True, text=True, timeout=timeout,
                         cwd=ROOT, **kw)
 
 
-def test_killed_cli_emit_resumes_byte_identical(tmp_path):
+def _tagged_processes(tag: str) -> list[int]:
+  """Pids of the processes whose environment holds TINYVM_TEST_TAG=tag."""
+  found = []
+  for d in Path("/proc").iterdir():
+    try:
+      if d.name.isdigit() and f"TINYVM_TEST_TAG={tag}".encode() in (
+          d / "environ").read_bytes().split(b"\0"):
+        found.append(int(d.name))
+    except OSError:
+      pass
+  return found
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+def test_killed_cli_emit_resumes_byte_identical(tmp_path, workers):
   """SIGKILL a real emit process mid-way; the same command finishes it, with
   the same bytes as an uninterrupted in-process emit (at another batch
-  size)."""
+  size). With serialization workers, none outlives the killed emit."""
   train, ev = 3000, 60
   args = ["--tier=tier0", f"--out={tmp_path}", "--formats=jsonl,zarr,parquet",
           f"--config.train_size={train}", f"--config.eval_size={ev}",
           "--config.batch_size=16", "--config.vmap_rows=16",
           "--config.part_rows=128", "--config.chunk_rows=64",
           f"--compile_cache={tmp_path / 'cache'}"]
+  args += [f"--workers={workers}"] if workers is not None else []
+  tag = str(tmp_path)
   proc = subprocess.Popen([sys.executable, "-m", "tinyvm_jax.emit", *args],
                           cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+                          stderr=subprocess.DEVNULL,
+                          env=dict(os.environ, TINYVM_TEST_TAG=tag))
   progress = (tmp_path / "tier0" / layout.PARTIAL / layout.PROGRESS_DIR
               / "p00000.json")
   killed = wait_for_a_recorded_part(progress, proc, 240)
@@ -312,6 +373,10 @@ def test_killed_cli_emit_resumes_byte_identical(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
   assert killed, "the emit finished before it could be killed"
+  deadline = time.monotonic() + 20
+  while _tagged_processes(tag) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  assert not _tagged_processes(tag), "processes outlived the killed emit"
   assert not (tmp_path / "tier0" / "manifest.json").exists()
   r = _cli(*args)
   assert r.returncode == 0, r.stderr
@@ -337,6 +402,8 @@ def test_killed_cli_emit_resumes_byte_identical(tmp_path):
     (["--tier=tier1", "--out=X", "--config.part_rows=100"], "part_rows"),
     (["--tier=tier1", "--out=X", "--formats=zarr,csv"], "unknown format"),
     (["--tier=tier1", "--out=X", "--seed=-3"], "--seed"),
+    (["--tier=tier1", "--out=X", "--workers=-1"], "--workers"),
+    (["--tier=tier1", "--out=X", "--workers=two"], "--workers"),
     (["--tier=tier1", "--out=X", "stray"], "unexpected arguments"),
     (["--tier=tier1", "--out=X", "--config=/nonexistent.py"],
      "cannot load the config"),

@@ -3,6 +3,7 @@ r"""Emits a Tiny-VM dataset: `python -m tinyvm_jax.emit`.
   python -m tinyvm_jax.emit --tier=tier1 --out=DIR [--seed=0] \
       [--device=cpu|gpu|tpu] [--formats=zarr,jsonl,parquet] \
       [--config.train_size=1000 --config.eval_size=100 ...] \
+      [--workers=N] \
       [--num_processes=N --process_id=I --coordinator_address=HOST:PORT]
 
 Settings come from the package's `tinyvm_jax/configs/<tier>.py` (the
@@ -18,8 +19,9 @@ over them). With `--num_processes=N` the command is one of N processes
 (same flags, `--process_id` 0..N-1, one `--coordinator_address`; on a
 cluster JAX can also read these from its environment): they join JAX's
 distributed runtime, each writes its share of the parts into the shared
-`--out`, and process 0 writes the manifest when all are done. The bytes are
-the same for any number of processes and devices. `python -m
+`--out`, and process 0 writes the manifest when all are done. `--workers`
+sets the processes that serialize JSONL and Parquet. The bytes are the same
+for any number of processes, devices and workers. `python -m
 tinyvm_jax.launch` starts N local processes.
 """
 
@@ -64,6 +66,12 @@ flags.DEFINE_integer("cpu_devices", None, "On a CPU: JAX devices to split it "
                      "into, each computing its share of a batch in parallel "
                      "(default: one a core, up to 8, unless XLA_FLAGS sets "
                      "--xla_force_host_platform_device_count).", lower_bound=1)
+flags.DEFINE_integer("workers", None, "Serialization worker processes "
+                     "(JSONL and Parquet conversion) of this process; 0: "
+                     "serialize in the writers' threads (default: one a "
+                     "core less two, at most 32; none on fewer than 4 cores "
+                     "or below 50,000 rows). The bytes do not depend on "
+                     "it.", lower_bound=0)
 flags.DEFINE_integer("num_processes", None, "Processes of a multi-process "
                      "emit (default 1, or what JAX's cluster detection "
                      "finds with --coordinator_address unset).", lower_bound=1)
@@ -344,7 +352,8 @@ def main(argv) -> int:
   try:
     result = run_lib.emit_dataset(plan, out, devices=devices, config=config,
                                   on_progress=bar, log=note,
-                                  max_classes=max_classes)
+                                  max_classes=max_classes,
+                                  workers=FLAGS.workers)
   except KeyboardInterrupt:
     bar.close()
     _fail("interrupted; run the same command again to resume", 130)

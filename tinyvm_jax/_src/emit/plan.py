@@ -97,6 +97,18 @@ class Plan:
          "commit": manifest_lib.package_commit()}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
+  def __reduce__(self):
+    """Pickles the tier by name (a tier holds functions), so that the
+    emit's serialization workers (`convert`) can be sent the plan."""
+    fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    fields["tier"] = self.tier.name
+    return _unpickle_plan, (fields,)
+
+
+def _unpickle_plan(fields: dict) -> Plan:
+  """`Plan.__reduce__`'s inverse: the tier back from its name."""
+  return Plan(**{**fields, "tier": get_tier(fields["tier"])})
+
 
 def _check_names(what: str, names: Sequence[str], known: Sequence[str]
                  ) -> tuple[str, ...]:

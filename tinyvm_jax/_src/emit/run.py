@@ -7,10 +7,15 @@ row class each, sharded over the process's devices) into a bounded queue
 (JAX dispatch is asynchronous, so the devices compute the next batches
 while the host writes); a host thread copies each finished batch to the
 host and trims it; one thread a writer places the rows at
-their positions and writes the part. Memory is bounded by the queues, a few
-batches and one part, whatever the dataset size.
+their positions and writes the part. With serialization workers
+(`convert.Pool`), the host thread also submits each batch's JSONL and Arrow
+conversion to them, and the JSONL and Parquet writers take the results in
+order; the Parquet writer has each part's file encoded there too. Memory
+is bounded by the queues, a few batches and parts, whatever the dataset
+size and the number of workers.
 """
 
+import collections
 import contextlib
 import dataclasses
 import queue
@@ -23,6 +28,7 @@ import jax
 import numpy as np
 
 from tinyvm_jax._src.emit import classes as classes_lib
+from tinyvm_jax._src.emit import convert
 from tinyvm_jax._src.emit import coordination
 from tinyvm_jax._src.emit import layout
 from tinyvm_jax._src.emit import sources
@@ -96,6 +102,13 @@ class _Stages:
         continue
     raise _Stop()
 
+  def wait(self, pending: convert.Pending):
+    """A pool's result once ready; gives up (_Stop) once a stage failed."""
+    while not pending.wait(0.05):
+      if self.stop.is_set():
+        raise _Stop()
+    return pending.result()
+
   def join(self) -> None:
     """Waits for every stage; raises the first error."""
     try:
@@ -124,8 +137,16 @@ class _HostBatch(NamedTuple):
   sp: SplitPlan
   part: int
   positions: np.ndarray
-  rows: Any                  # [n] host rows at the split's sizes
+  rows: Any                  # [n] host rows at the split's sizes, or their
+                             # conversion (`convert.Pending`)
   last: bool
+
+
+class _Sink(NamedTuple):
+  """A writer's queue, and the conversion its batches get on the way
+  (a `Writer.convert` when serialization workers run, else None)."""
+  queue: queue.Queue
+  convert: str | None
 
 
 class _PartRecorder:
@@ -152,37 +173,65 @@ class _PartRecorder:
 
 
 def _copy_stage(stages: _Stages, source: sources.RowSource,
-                batches: queue.Queue, sinks: Sequence[queue.Queue],
+                batches: queue.Queue, sinks: Sequence[_Sink],
+                pool: convert.Pool | None,
                 on_progress: Callable[[int, int], None] | None,
                 total: int) -> None:
-  """Copies each batch to the host, trims it and hands it to every writer;
-  a None item ends the stream."""
+  """Copies each batch to the host, trims it and hands it to every writer
+  (submitting its conversion to `pool` for the sinks that take one); a
+  None item ends the stream."""
   copied = 0
   while (item := stages.get(batches)) is not None:
-    rows = source.to_host(item.sp, item.key, item.rows,
-                          len(item.positions))
+    n = len(item.positions)
+    rows = source.to_host(item.sp, item.key, item.rows, n)
     host = _HostBatch(item.sp, item.part, item.positions, rows, item.last)
     del item
-    for q in sinks:
-      stages.put(q, host)
-    copied += len(host.positions)
+    for sink in sinks:
+      stages.put(sink.queue, host if sink.convert is None else host._replace(
+          rows=pool.submit(sink.convert, host.sp, rows, n)))
+    copied += n
     if on_progress is not None:
       on_progress(copied, total)
-  for q in sinks:
-    stages.put(q, None)
+  for sink in sinks:
+    stages.put(sink.queue, None)
 
 
 def _write_stage(stages: _Stages, writer: writers_lib.Writer,
-                 source: queue.Queue, recorder: _PartRecorder) -> None:
-  """Feeds one writer; reports each part it made durable."""
+                 source: queue.Queue, recorder: _PartRecorder,
+                 pool: convert.Pool | None) -> None:
+  """Feeds one writer; reports each part it made durable. With a `pool`
+  and a writer that can (`end_part_with`), a part's encoding runs in the
+  pool while the next parts' rows arrive; at most `convert.IN_FLIGHT` parts
+  wait, made durable and recorded in order."""
+  ending = collections.deque()   # (sp, part, encoding in flight, commit)
+  defer = pool is not None and hasattr(writer, "end_part_with")
   try:
     while (item := stages.get(source)) is not None:
-      writer.write(item.sp, item.rows, item.positions)
-      if item.last:
+      if isinstance(item.rows, convert.Pending):
+        writer.write_converted(item.sp, stages.wait(item.rows),
+                               item.positions)
+      else:
+        writer.write(item.sp, item.rows, item.positions)
+      if item.last and defer:
+        ending.append((item.sp, item.part) + tuple(
+            writer.end_part_with(pool, item.sp, item.part)))
+      elif item.last:
         recorder.durable(item.sp, item.part,
                          writer.end_part(item.sp, item.part))
+      while ending and (len(ending) > convert.IN_FLIGHT
+                        or ending[0][2].wait(0)):
+        _end_oldest(stages, recorder, ending)
+    while ending:
+      _end_oldest(stages, recorder, ending)
   finally:
     writer.close()
+
+
+def _end_oldest(stages: _Stages, recorder: _PartRecorder,
+                ending: collections.deque) -> None:
+  """Makes the oldest part of `ending` durable once encoded; records it."""
+  sp, part, pending, commit = ending.popleft()
+  recorder.durable(sp, part, commit(stages.wait(pending)))
 
 
 def _dispatch_stage(stages: _Stages, sink: queue.Queue,
@@ -205,10 +254,12 @@ def _dispatch_stage(stages: _Stages, sink: queue.Queue,
 def generate_parts(plan: Plan, todo: Sequence[tuple[SplitPlan, int]], *,
                    writers: Sequence[writers_lib.Writer],
                    recorder: _PartRecorder, source: sources.RowSource,
-                   on_progress: Callable[[int, int], None] | None) -> int:
+                   on_progress: Callable[[int, int], None] | None,
+                   pool: convert.Pool | None = None) -> int:
   """Generates and writes the parts `todo`: dispatch (this thread) ->
-  copy to host and trim (a thread) -> one thread a writer. Returns the
-  rows generated; raises the first error of any stage.
+  copy to host and trim (a thread; with a `pool`, it submits the JSONL and
+  Arrow conversions to it) -> one thread a writer. Returns the rows
+  generated; raises the first error of any stage.
 
   numpy, Arrow, tensorstore and hashlib release the GIL, so the writers
   use the cores in parallel.
@@ -216,11 +267,16 @@ def generate_parts(plan: Plan, todo: Sequence[tuple[SplitPlan, int]], *,
   total = sum(np.diff(sp.part_range(k, plan.part_rows))[0] for sp, k in todo)
   stages = _Stages()
   device_q = queue.Queue(maxsize=_QUEUE)
-  writer_qs = [queue.Queue(maxsize=_QUEUE) for _ in writers]
-  stages.start("tinyvm-host", _copy_stage, source, device_q, writer_qs,
+  sinks = []
+  for w in writers:
+    kind = getattr(w, "convert", None) if pool is not None else None
+    size = _QUEUE if kind is None else convert.IN_FLIGHT
+    sinks.append(_Sink(queue.Queue(maxsize=size), kind))
+  stages.start("tinyvm-host", _copy_stage, source, device_q, sinks, pool,
                on_progress, total)
-  for w, q in zip(writers, writer_qs):
-    stages.start(f"tinyvm-{type(w).__name__}", _write_stage, w, q, recorder)
+  for w, sink in zip(writers, sinks):
+    stages.start(f"tinyvm-{type(w).__name__}", _write_stage, w, sink.queue,
+                 recorder, pool)
   generated = 0
   try:
     generated = _dispatch_stage(stages, device_q, source, todo)
@@ -242,6 +298,7 @@ def emit_dataset(plan: Plan, out_dir, *,
                  num_processes: int | None = None,
                  barrier: Callable[[str], None] | None = None,
                  max_classes: int = 8,
+                 workers: int | None = None,
                  extra_writers: Sequence[writers_lib.Writer] = ()) -> Result:
   """Emits `plan` into `out_dir/<tier>/` (resuming an unfinished emit).
 
@@ -267,6 +324,9 @@ def emit_dataset(plan: Plan, out_dir, *,
       `coordination.global_barrier` with several processes).
     max_classes: most row classes (`classes.row_classes`; 0: every row at
       its split's sizes). Speed only.
+    workers: serialization worker processes of this process (`convert`;
+      0: serialize in the writers' threads; None:
+      `convert.default_workers`). Speed only.
     extra_writers: `Writer`s called like the formats' writers (each from a
       thread of its own); a part is recorded once they too have returned
       from its `end_part`. An error they raise fails the emit as a
@@ -280,6 +340,8 @@ def emit_dataset(plan: Plan, out_dir, *,
   nproc = jax.process_count() if num_processes is None else num_processes
   if not 0 <= pid < nproc:
     raise EmitError(f"process_id={pid} is not in [0, {nproc})")
+  if workers is not None:
+    workers = convert.check_workers(workers)
   if barrier is None:
     barrier = coordination.global_barrier if nproc > 1 else (lambda n: None)
     if nproc > 1:
@@ -291,12 +353,13 @@ def emit_dataset(plan: Plan, out_dir, *,
     return _emit(plan, Path(out_dir) / plan.tier.name, pid, nproc,
                  t_start=t_start, devices=devices, config=config,
                  on_progress=on_progress, log=log, barrier=barrier,
-                 max_classes=max_classes, extra_writers=extra_writers)
+                 max_classes=max_classes, workers=workers,
+                 extra_writers=extra_writers)
 
 
 def _emit(plan: Plan, tier_dir: Path, pid: int, nproc: int, *, t_start,
           devices, config, on_progress, log, barrier, max_classes,
-          extra_writers) -> Result:
+          workers, extra_writers) -> Result:
   """`emit_dataset`'s states in order (process 0 holding the lock)."""
   resumed = False
   if pid == 0:
@@ -311,7 +374,7 @@ def _emit(plan: Plan, tier_dir: Path, pid: int, nproc: int, *, t_start,
     resumed, generated = _write_parts(
         plan, tier_dir, pid, nproc, resumed=resumed, devices=devices,
         on_progress=on_progress, log=log, max_classes=max_classes,
-        extra_writers=extra_writers)
+        workers=workers, extra_writers=extra_writers)
   barrier("generated")
   files = {}
   if pid == 0:
@@ -326,7 +389,7 @@ def _emit(plan: Plan, tier_dir: Path, pid: int, nproc: int, *, t_start,
 
 def _write_parts(plan: Plan, tier_dir: Path, pid: int, nproc: int, *,
                  resumed: bool, devices, on_progress, log, max_classes,
-                 extra_writers) -> tuple[bool, int]:
+                 workers, extra_writers) -> tuple[bool, int]:
   """The parts state: this process writes its parts not yet recorded.
   Returns (resumed, rows generated)."""
   work = tier_dir / layout.PARTIAL
@@ -345,7 +408,17 @@ def _write_parts(plan: Plan, tier_dir: Path, pid: int, nproc: int, *,
       extra_writers)
   recorder = _PartRecorder(plan, layout.Progress(work, pid, fp),
                            len(writers))
-  source.start(devices, max_classes)
-  generated = generate_parts(plan, mine, writers=writers, recorder=recorder,
-                             source=source, on_progress=on_progress)
+  if workers is None:
+    rows = sum(int(np.diff(sp.part_range(k, plan.part_rows))[0])
+               for sp, k in mine)
+    workers = convert.default_workers(rows, nproc)
+  if not any(getattr(w, "convert", None) for w in writers):
+    workers = 0   # nothing to convert (zarr alone)
+  pool = (convert.Pool(plan, workers) if workers else
+          contextlib.nullcontext())
+  with pool:
+    source.start(devices, max_classes)
+    generated = generate_parts(
+        plan, mine, writers=writers, recorder=recorder, source=source,
+        on_progress=on_progress, pool=pool if workers else None)
   return resumed, generated

@@ -40,6 +40,15 @@ class Writer(Protocol):
     """Releases what is open (also after an error: nothing is committed)."""
 
 
+# A writer whose `write` converts the rows with the source's method named
+# by its `convert` ("to_jsonl", "to_table") also has `write_converted(sp,
+# converted, positions)`, which takes that method's result instead: the run
+# then converts in serialization workers (`convert.Pool`). A writer with
+# `end_part_with(pool, sp, part)` also moves the part's encoding to them:
+# it returns (the encoding in flight, a function of its result that makes
+# the part durable and returns `end_part`'s record).
+
+
 class JsonlWriter:
   """Orders each part's lines and appends them to the process's current
   piece of the split (`layout.jsonl_piece`), hashing as it goes. Progress
@@ -54,8 +63,15 @@ class JsonlWriter:
     self.file = None
     self.key = None   # (split name, piece's first part, last part written)
 
+  convert = "to_jsonl"
+
   def write(self, sp: SplitPlan, rows, positions: np.ndarray) -> None:
-    data = self.source.to_jsonl(sp, rows)
+    self.write_converted(sp, self.source.to_jsonl(sp, rows), positions)
+
+  def write_converted(self, sp: SplitPlan, data: bytes,
+                      positions: np.ndarray) -> None:
+    """`write` of the rows' JSONL bytes (`source.to_jsonl`)."""
+    del sp
     lines = data.split(b"\n")
     assert len(lines) == len(positions) + 1 and not lines[-1]
     self.lines.extend(lines[:-1])
@@ -121,8 +137,16 @@ class ParquetWriter:
     self.plan, self.work, self.source = plan, work, source
     self.tables, self.positions = [], []
 
+  convert = "to_table"
+
   def write(self, sp: SplitPlan, rows, positions: np.ndarray) -> None:
-    self.tables.append(self.source.to_table(sp, rows))
+    self.write_converted(sp, self.source.to_table(sp, rows), positions)
+
+  def write_converted(self, sp: SplitPlan, table,
+                      positions: np.ndarray) -> None:
+    """`write` of the rows' Arrow table (`source.to_table`)."""
+    del sp
+    self.tables.append(table)
     self.positions.append(positions)
 
   def _part_table(self):
@@ -146,19 +170,34 @@ class ParquetWriter:
     return table.combine_chunks()
 
   def end_part(self, sp: SplitPlan, part: int) -> dict:
+    table = self._part_table()
+    self.tables, self.positions = [], []
+    return self._commit(sp, part, table.num_rows,
+                        lambda tmp: self._parquet.write_parquet(table, tmp))
+
+  def end_part_with(self, pool, sp: SplitPlan, part: int):
+    """`end_part` with the part's Parquet encoding in `pool`
+    (`convert.Pool`): returns the encoding in flight and a function that
+    takes its bytes and makes the part durable (returning its record)."""
+    table = self._part_table()
+    self.tables, self.positions = [], []
+    n = table.num_rows
+    return pool.encode_parquet(table), lambda data: self._commit(
+        sp, part, n, lambda tmp: tmp.write_bytes(data))
+
+  def _commit(self, sp: SplitPlan, part: int, rows: int, write) -> dict:
+    """`write(path)` writes the part's file under a temporary name; makes
+    it durable under its own; returns its progress record."""
     rel = sp.parquet(part, self.plan.part_rows)
     path = self.work / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    table = self._part_table()
-    self.tables, self.positions = [], []
-    self._parquet.write_parquet(table, tmp)
+    write(tmp)
     manifest_lib.fsync_file(tmp)
     os.replace(tmp, path)
     manifest_lib.fsync_dir(path.parent)
     digest, size, _ = manifest_lib.sha256_file(path)
-    return {"files": {rel: {"rows": table.num_rows, "sha256": digest,
-                            "bytes": size}}}
+    return {"files": {rel: {"rows": rows, "sha256": digest, "bytes": size}}}
 
   def close(self) -> None:
     self.tables, self.positions = [], []
