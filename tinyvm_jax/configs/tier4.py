@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_buckets = ""         # comma-separated buckets to write ("": all 16)
   c.renders = "userop_direct,userop_with_decomposition"
   # Speed and memory only (the rows do not depend on them); 0: automatic,
-  # 2048 on a CPU, 16384 on a GPU or TPU. Tier 4 rows are computed at their
+  # 512 on a CPU, 16384 on a GPU or TPU. Tier 4 rows are computed at their
   # split's sizes (no row classes) on the default device.
   c.batch_size = 0            # rows a jitted call
   c.max_classes = 0           # unused by Tier 4
