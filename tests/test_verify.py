@@ -15,6 +15,7 @@ from tinyvm_jax import verify
 from tinyvm_jax._src.emit import layout
 from tinyvm_jax._src.emit import plan as plan_lib
 from tinyvm_jax._src.emit.run import emit_dataset
+from tinyvm_jax._src.check import dataset as check_dataset
 from tinyvm_jax._src.io import zarr_store
 
 DATA = Path(__file__).parent / "data"
@@ -136,9 +137,14 @@ def test_replay_and_rebuild_every_format(emitted, capsys, formats):
   assert report.rows == 300 + 7 * 40
 
 
-def test_replay_zarr_store_path(emitted):
+def test_replay_zarr_store_path(emitted, capsys, monkeypatch):
+  """Also says how far it got on stderr (here after every batch)."""
+  monkeypatch.setattr(check_dataset, "_NOTE_SECONDS", -1.0)
   report = _replay(emitted / zarr_store.STORE_NAME, rebuild=False)
   assert report.status == 0 and report.rows == 580
+  err = capsys.readouterr().err
+  assert "rows.zarr: 300 rows replayed, now in train (" in err, err
+  assert "rows.zarr: 580 rows replayed in " in err, err
 
 
 def test_replay_reference_rows():

@@ -199,17 +199,37 @@ def _note(line: str) -> None:
   print(f"verify: {line}", file=sys.stderr, flush=True)
 
 
+class _Progress:
+  """`on_batch(group, rows)` of a zarr replay: a progress line every
+  `_NOTE_SECONDS`."""
+
+  def __init__(self, name: str):
+    self.name, self.rows = name, 0
+    self.t0 = self.last = time.perf_counter()
+
+  def __call__(self, group: str, rows: int) -> None:
+    self.rows += rows
+    now = time.perf_counter()
+    if now - self.last > _NOTE_SECONDS:
+      self.last = now
+      _note(f"{self.name}: {self.rows:,} rows replayed, now in {group} "
+            f"({now - self.t0:.0f} s)")
+
+
 def _replay_zarr(path: Path, report: Report, *, rebuild: bool,
                  batch_size: int) -> None:
   """Replays every group of a zarr store on arrays."""
   try:
     store = zarr_store.Store(path)
+    on_batch = _Progress(str(path))
     if store.attrs.get("tier") == userop.TIER4.name:
       found = userop.check_userop_zarr(store, rebuild=rebuild,
-                                       batch_size=batch_size)
+                                       batch_size=batch_size,
+                                       on_batch=on_batch)
     else:
       found = ((m.group, m) for m in replay_zarr.zarr_replay(
-          store, rebuild=rebuild, batch_size=max(batch_size, 1024)))
+          store, rebuild=rebuild, batch_size=max(batch_size, 1024),
+          on_batch=on_batch))
     t0 = time.perf_counter()
     rows = sum(store.groups.values())
     _note(f"{path}: replaying {rows:,} rows of {len(store.groups)} groups")

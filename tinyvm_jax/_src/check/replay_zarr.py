@@ -5,7 +5,7 @@ seed and check that the seed is the one of its row index."""
 
 import dataclasses
 import functools
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import jax
 import numpy as np
@@ -79,9 +79,11 @@ def _groups(store: zarr_store.Store) -> list[_Group]:
   return out
 
 
-def zarr_replay(store: zarr_store.Store, *, rebuild: bool, batch_size: int
+def zarr_replay(store: zarr_store.Store, *, rebuild: bool, batch_size: int,
+                on_batch: Callable[[str, int], None] | None = None
                 ) -> Iterator[ZarrMismatch]:
-  """Yields the mismatches of every group of a zarr store.
+  """Yields the mismatches of every group of a zarr store (`on_batch(group,
+  rows)` after each batch of `rows` rows).
 
   Runs every stored program, renders it and compares trace and token arrays
   with the stored ones; with `rebuild`, also regenerates each program (and a
@@ -98,6 +100,8 @@ def zarr_replay(store: zarr_store.Store, *, rebuild: bool, batch_size: int
       stop = min(g.num_rows, start + batch_size)
       yield from _check_batch(store, tier, g, top, start, stop,
                               int(store.attrs["seed_base"]), rebuild)
+      if on_batch is not None:
+        on_batch(g.name, stop - start)
 
 
 def _padded_program(program: Program, max_len: int, rows: int) -> Program:

@@ -16,7 +16,7 @@ those of its bucket.
 import functools
 import itertools
 import json
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -375,11 +375,13 @@ def check_userop_row(row: Mapping[str, Any], *, line: int = 1,
   return list(check_userop_rows([(line, row)], rebuild=rebuild))
 
 
-def check_userop_zarr(store, *, rebuild: bool = False, batch_size: int = 256
+def check_userop_zarr(store, *, rebuild: bool = False, batch_size: int = 256,
+                      on_batch: Callable[[str, int], None] | None = None
                       ) -> Iterator[tuple[str, Mismatch]]:
   """Yields (group, mismatch) of every row of a Tier 4 zarr store
   (`io.zarr_store.Store`): its arrays read back as rows (`formats`), then
-  checked as JSON rows; `line` is the 1-based row index in the group."""
+  checked as JSON rows; `line` is the 1-based row index in the group.
+  `on_batch(group, rows)` is called after each batch of `rows` rows."""
   for group in store.groups:
     g = store.group_attributes(group)
     for start, arrays in store.iter_batches(group, batch_size):
@@ -388,3 +390,5 @@ def check_userop_zarr(store, *, rebuild: bool = False, batch_size: int = 256
       for m in check_userop_rows(enumerate(rows, start + 1),
                                  rebuild=rebuild, batch_size=batch_size):
         yield group, m
+      if on_batch is not None:
+        on_batch(group, len(rows))
