@@ -149,9 +149,8 @@ class UseropSource:
     the split's rows if fewer (one compilation serves every batch of the
     splits of the same sizes and row count)."""
     del key
-    size = min(self.plan.batch_size, -(-sp.num_rows // 8) * 8)
-    pad = max(size - len(positions), 0)
-    padded = np.concatenate([positions, np.repeat(positions[-1:], pad)])
+    size = min(self.plan.batch_size, batching.round_up(sp.num_rows, 8))
+    padded = batching.pad_rows(positions, size)
     with jax.default_device(self.device):
       return userop_tier.generate(self.plan.seed_base, sp.split, sp.bucket,
                                   padded, tier=self.plan.tier,

@@ -169,13 +169,11 @@ class UserOp:
         lit[i] = args[nr]
     return op, regs, lit
 
+  @functools.lru_cache(maxsize=256)
   def table(self, rows: int | None = None) -> "Decomposition":
     """The binding as arrays, padded to `rows` (default: a multiple of
     `TABLE_ROWS`, so userops of up to 8 instructions share compilations).
     Memoized: treat the arrays as read-only."""
-    return _table(self, rows)
-
-  def _table(self, rows: int | None) -> "Decomposition":
     m = len(self.decomposition)
     rows = table_rows([self]) if rows is None else rows
     checks.check_int(f"UserOp {self.name}: table rows", rows, lo=m)
@@ -272,11 +270,6 @@ def as_table(userop: Any, where: str) -> Decomposition:
     return jax.tree_util.tree_map(jnp.asarray, userop)
   return jax.tree_util.tree_map(jnp.asarray,
                                 check_userop(userop, where).table())
-
-
-@functools.lru_cache(maxsize=256)
-def _table(userop: UserOp, rows: int | None) -> Decomposition:
-  return userop._table(rows)  # pylint: disable=protected-access
 
 
 def table_rows(userops: Sequence[UserOp]) -> int:

@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tinyvm_jax._src import batching
 from tinyvm_jax._src import checks
 from tinyvm_jax._src import isa
 from tinyvm_jax._src import keys as keys_lib
@@ -177,7 +178,7 @@ def _host_rows(tier, key_data: np.ndarray, bucket, renders) -> UseropRow:
   """`_rows` on the host, the batch padded to a multiple of 8 rows (few
   compilations; rows do not depend on their batch)."""
   b = key_data.shape[0]
-  padded = np.concatenate([key_data, np.repeat(key_data[-1:], -b % 8, 0)])
+  padded = batching.pad_rows(key_data, batching.round_up(b, 8))
   mask, value = tier.fixed_axes(bucket)
   out = _rows(tier, jnp.asarray(padded), mask, value,
               shapes=tier.shapes(bucket),
