@@ -17,6 +17,7 @@ from typing import Mapping, Protocol
 
 import numpy as np
 
+from tinyvm_jax._src import batching
 from tinyvm_jax._src.emit import layout
 from tinyvm_jax._src.emit.plan import EmitError, FORMATS, Plan, SplitPlan
 from tinyvm_jax._src.emit.sources import RowSource
@@ -64,6 +65,7 @@ class JsonlWriter:
     self.key = None   # (split name, piece's first part, last part written)
 
   convert = "to_jsonl"
+  BLOCK_LINES = 256   # lines joined for a write
 
   def write(self, sp: SplitPlan, rows, positions: np.ndarray) -> None:
     self.write_converted(sp, self.source.to_jsonl(sp, rows), positions)
@@ -105,11 +107,13 @@ class JsonlWriter:
   def end_part(self, sp: SplitPlan, part: int) -> dict:
     self._open(sp, part)
     order = np.argsort(np.concatenate(self.positions), kind="stable")
-    data = b"\n".join([self.lines[i] for i in order]) + b"\n"
+    for i in range(0, len(order), self.BLOCK_LINES):  # no copy of the part
+      data = b"\n".join([self.lines[k] for k in order[i:i + self.BLOCK_LINES]]
+                        ) + b"\n"
+      self.file.write(data)
+      self.hash.update(data)
+      self.bytes += len(data)
     self.lines, self.positions = [], []
-    self.file.write(data)
-    self.hash.update(data)
-    self.bytes += len(data)
     self.file.flush()
     os.fsync(self.file.fileno())
     self.key = (sp.name, self.key[1], part)
@@ -206,17 +210,26 @@ class ParquetWriter:
 class ZarrWriter:
   """A group a split in `.partial/rows.zarr`, one shard a part. A part's
   rows arrive in batches of one row class each (scattered positions, the
-  class's sizes); they are placed into a buffer of the part at the split's
-  sizes, filled with each array's padding value, which is written in one
-  contiguous write when the part ends (tensorstore writes contiguous boxes
-  far faster than index arrays)."""
+  class's sizes). They are placed into a buffer at the split's sizes,
+  filled with each array's padding value, which is written in one
+  contiguous write (tensorstore writes contiguous boxes far faster than
+  index arrays) and committed. The buffer holds a slab of whole chunks of
+  at most about `SLAB_BYTES` (at least one chunk): when a part fits one
+  slab, rows are placed as they arrive; otherwise the part's batches are
+  kept as they came and placed a slab at a time when the part ends, so
+  memory does not grow with the part size. The shard's bytes do not depend
+  on the slabs."""
+
+  SLAB_BYTES = 64 << 20
 
   def __init__(self, plan: Plan, work: Path, done: Mapping[str, dict],
                source: RowSource):
     self.plan, self.source = plan, source
     self.root = work / zarr_store.STORE_NAME
     self.groups = {}
-    self.buffer, self.start, self.kept = None, 0, None
+    self.batches = []   # the part's (positions [n], arrays), not yet placed
+    self.filled = None  # the part's slab, when rows are placed on arrival
+    self.kept = None    # (split name, rows a slab, slab buffer)
 
   def _group(self, sp: SplitPlan) -> zarr_store.GroupWriter:
     if sp.name not in self.groups:
@@ -232,46 +245,80 @@ class ZarrWriter:
     return self.groups[sp.name]
 
   def write(self, sp: SplitPlan, rows, positions: np.ndarray) -> None:
-    arrays = self.source.to_arrays(rows)
-    if self.buffer is None:
-      part = positions[0] // self.plan.part_rows
-      lo, hi = sp.part_range(part, self.plan.part_rows)
-      self.start = lo
-      self.buffer = self._fresh_buffer(sp, hi - lo)
-    rel = np.asarray(positions) - self.start
-    for name, x in arrays.items():
-      buf = self.buffer[name]
-      if x.shape[1:] == buf.shape[1:] and rel[-1] - rel[0] + 1 == rel.size:
-        buf[rel[0]:rel[-1] + 1] = x
-        continue
-      cut = tuple(slice(0, d) for d in x.shape[1:])
-      for i, r in enumerate(rel):   # a row at a time: numpy's fancy
-        buf[(r,) + cut] = x[i]      # indexing is far slower here
+    batch = (np.asarray(positions), self.source.to_arrays(rows))
+    lo, hi = sp.part_range(positions[0] // self.plan.part_rows,
+                           self.plan.part_rows)
+    slab, buffer = self._slab(sp)
+    if hi - lo > slab:
+      self.batches.append(batch)
+      return
+    if self.filled is None:
+      self.filled = _padding(buffer, hi - lo)
+    _place(self.filled, lo, *batch)
 
-  def _fresh_buffer(self, sp: SplitPlan, n: int) -> dict[str, np.ndarray]:
-    """A part's buffer, all padding. The split's buffer is kept and
-    refilled: writing fresh pages costs more than filling resident ones."""
+  def _slab(self, sp: SplitPlan) -> tuple[int, dict[str, np.ndarray]]:
+    """The split's rows a slab and slab buffer (kept and refilled: writing
+    fresh pages costs more than filling resident ones)."""
     if self.kept is None or self.kept[0] != sp.name:
-      self.kept = (sp.name, {
-          name: np.empty((self.plan.part_rows,) + x.shape[1:], x.dtype)
-          for name, x in self.source.example_arrays(sp).items()})
-    out = {}
-    for name, buf in self.kept[1].items():
-      buf[:n] = zarr_store.fill_value(name)
-      out[name] = buf[:n]
-    return out
+      example = self.source.example_arrays(sp)
+      row_bytes = sum(x[0].nbytes for x in example.values())
+      chunk = self.plan.chunk_rows
+      slab = max(chunk, self.SLAB_BYTES // max(1, row_bytes) // chunk * chunk)
+      slab = min(slab, batching.round_up(self.plan.part_rows, chunk))
+      self.kept = (sp.name, slab, {
+          name: np.empty((slab,) + x.shape[1:], x.dtype)
+          for name, x in example.items()})
+    return self.kept[1:]
 
   def end_part(self, sp: SplitPlan, part: int) -> dict:
     group = self._group(sp)
-    group.write(self.start, self.buffer)   # copied into the transaction
-    self.buffer = None
-    group.commit_part()
+    lo, hi = sp.part_range(part, self.plan.part_rows)
+    if self.filled is not None:
+      group.write(lo, self.filled)
+      group.commit_part()
+    slab, buffer = self._slab(sp)
+    for start in range(lo, hi, slab) if self.batches else ():
+      stop = min(hi, start + slab)
+      filled = _padding(buffer, stop - start)
+      for positions, arrays in self.batches:
+        i, j = np.searchsorted(positions, (start, stop))
+        if i < j:
+          _place(filled, start, positions[i:j],
+                 {name: x[i:j] for name, x in arrays.items()})
+      group.write(start, filled)
+      group.commit_part()   # the slab was copied into the transaction
+    self.batches, self.filled = [], None
     return {}
 
   def close(self) -> None:
     for g in self.groups.values():
       g.abort()
-    self.groups, self.buffer, self.kept = {}, None, None
+    self.groups, self.batches, self.filled, self.kept = {}, [], None, None
+
+
+def _padding(buffer: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+  """The first `n` rows of each of `buffer`'s arrays, set to its padding."""
+  out = {}
+  for name, buf in buffer.items():
+    buf[:n] = zarr_store.fill_value(name)
+    out[name] = buf[:n]
+  return out
+
+
+def _place(out: dict[str, np.ndarray], start: int, positions: np.ndarray,
+           arrays: Mapping[str, np.ndarray]) -> None:
+  """Places rows `arrays` [n] (at any sizes up to `out`'s) at rows
+  `positions - start` of `out`."""
+  rel = positions - start
+  contiguous = rel[-1] - rel[0] + 1 == rel.size
+  for name, x in arrays.items():
+    dst = out[name]
+    if contiguous and x.shape[1:] == dst.shape[1:]:
+      dst[rel[0]:rel[-1] + 1] = x
+      continue
+    cut = tuple(slice(0, d) for d in x.shape[1:])
+    for k, r in enumerate(rel):   # a row at a time: numpy's fancy
+      dst[(r,) + cut] = x[k]      # indexing is far slower here
 
 
 _MAKERS = {"zarr": ZarrWriter, "jsonl": JsonlWriter, "parquet": ParquetWriter}

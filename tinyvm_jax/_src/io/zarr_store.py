@@ -274,8 +274,10 @@ def _array_spec(path: Path, name: str, shape: Sequence[int], *,
 class GroupWriter:
   """Writes the arrays of one split's group, one part (shard) at a time.
 
-  Writes of a part go into a tensorstore transaction; `commit_part` writes
-  every shard of the part at once (no partial shard is ever rewritten).
+  Writes go into a tensorstore transaction (which holds a copy of them);
+  `commit_part` writes the shards they touched durably. A part may be
+  written in several commits (slabs of whole chunks): a shard committed
+  again with more chunks has the bytes it would have had from one commit.
   """
 
   def __init__(self, root: str | os.PathLike, group: str, num_rows: int,
@@ -333,7 +335,8 @@ class GroupWriter:
       f.result()
 
   def commit_part(self) -> None:
-    """Writes the shards of the current part durably."""
+    """Writes the shards of the rows written since the last commit
+    durably (and frees the transaction's copy of them)."""
     if self._txn is not None:
       self._txn.commit_async().result()
       self._txn = None
