@@ -30,6 +30,7 @@ import numpy as np
 from tinyvm_jax._src.emit import classes as classes_lib
 from tinyvm_jax._src.emit import convert
 from tinyvm_jax._src.emit import coordination
+from tinyvm_jax._src.emit import heap
 from tinyvm_jax._src.emit import layout
 from tinyvm_jax._src.emit import sources
 from tinyvm_jax._src.emit import writers as writers_lib
@@ -170,6 +171,7 @@ class _PartRecorder:
       for u in got:   # the writers record under keys of their own
         record.update(u)
       self.progress.record(sp, part, record)
+    heap.release()   # the part's buffers
 
 
 def _copy_stage(stages: _Stages, source: sources.RowSource,
@@ -418,7 +420,10 @@ def _write_parts(plan: Plan, tier_dir: Path, pid: int, nproc: int, *,
           contextlib.nullcontext())
   with pool:
     source.start(devices, max_classes)
-    generated = generate_parts(
-        plan, mine, writers=writers, recorder=recorder, source=source,
-        on_progress=on_progress, pool=pool if workers else None)
+    try:
+      generated = generate_parts(
+          plan, mine, writers=writers, recorder=recorder, source=source,
+          on_progress=on_progress, pool=pool if workers else None)
+    finally:
+      source.close()
   return resumed, generated

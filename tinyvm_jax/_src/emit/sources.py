@@ -15,7 +15,9 @@ those differences for a family of tiers:
 `make_source(plan)` picks one by the plan's tier.
 """
 
+from concurrent import futures
 import functools
+import os
 from typing import Any, Protocol, Sequence
 
 import jax
@@ -25,6 +27,7 @@ import numpy as np
 from tinyvm_jax._src import batching
 from tinyvm_jax._src import keys as keys_lib
 from tinyvm_jax._src.emit import classes as classes_lib
+from tinyvm_jax._src.emit import heap
 from tinyvm_jax._src.emit import kernels
 from tinyvm_jax._src.emit.plan import EmitError, Plan, SplitPlan
 from tinyvm_jax._src.io import rows as rows_lib
@@ -39,7 +42,8 @@ class RowSource(Protocol):
   `start` readies generation; then `batches(sp, part)` cuts a part into
   (key, [n] ascending row indices) batches, `dispatch` starts a batch
   (asynchronously where it can) and `to_host` finishes it: host rows [n]
-  at the split's sizes. The format methods take such host rows.
+  at the split's sizes; `close` ends generation. The format methods take
+  such host rows.
   """
   columns: str    # the Parquet columns, for the dataset card
 
@@ -48,6 +52,7 @@ class RowSource(Protocol):
               ) -> list[tuple[Any, np.ndarray]]: ...
   def dispatch(self, sp: SplitPlan, key: Any, positions: np.ndarray): ...
   def to_host(self, sp: SplitPlan, key: Any, rows, count: int): ...
+  def close(self) -> None: ...
   def to_jsonl(self, sp: SplitPlan, rows) -> bytes: ...
   def to_table(self, sp: SplitPlan, rows): ...
   def to_arrays(self, rows) -> dict[str, np.ndarray]: ...
@@ -56,12 +61,16 @@ class RowSource(Protocol):
 
 class ProgramSource:
   """Tiers 0-2: batches of one row class each, sharded over the devices
-  (one compilation a class)."""
+  (one compilation a class). `start` compiles the classes' kernels in
+  parallel (a thread a core: a compilation uses one, and a new user's
+  first emit spends much of its time there), cheapest (first used) first;
+  `dispatch` waits for its class's."""
   columns = ("meta, program, trace, renders (the reference's JSONL row "
              "schema)")
 
   def __init__(self, plan: Plan):
     self.plan = plan
+    self._compiler = None
 
   def start(self, devices: Sequence[Any], max_classes: int) -> None:
     n = len(devices)
@@ -71,6 +80,33 @@ class ProgramSource:
     self.batch = -(-self.plan.batch_size // n) * n   # a multiple of devices
     self.classes = classes_lib.row_classes(self.plan, max_classes=max_classes)
     self.inputs = {}   # split name -> its inputs on the devices
+    self.kernels = {}  # static sizes -> Future of the compiled kernel
+    threads = max(1, min(len(self.classes), (os.cpu_count() or 1) // 2))
+    self._compiler = futures.ThreadPoolExecutor(
+        threads, thread_name_prefix="tinyvm-compile")
+    for shapes in self.classes:
+      self._kernel(shapes)
+
+  def _kernel(self, shapes) -> futures.Future:
+    """The compiled row kernel at `shapes` (compiling it if not yet)."""
+    if shapes not in self.kernels:
+      sp = self.plan.splits[0]   # any split: its inputs give the types
+      args = tuple(self.put(x) for x in kernels.split_inputs(self.plan, sp))
+      index = self.put(np.zeros(self.batch, np.int32))
+      def compile_kernel():
+        kernel = kernels.rows_batch.lower(
+            self.plan.tier, args[0], index, self.put(np.int32(0)),
+            *args[1:], shapes=shapes, renders=self.plan.renders,
+            vmap_rows=self.plan.vmap_rows, mesh=self.mesh).compile()
+        heap.release()   # what the compiler freed
+        return kernel
+      self.kernels[shapes] = self._compiler.submit(compile_kernel)
+    return self.kernels[shapes]
+
+  def close(self) -> None:
+    if self._compiler is not None:
+      self._compiler.shutdown(wait=True, cancel_futures=True)
+      self._compiler = None
 
   def batches(self, sp: SplitPlan, part: int):
     return classes_lib.part_batches(self.plan, sp, part, self.classes,
@@ -82,11 +118,9 @@ class ProgramSource:
           self.put(x) for x in kernels.split_inputs(self.plan, sp))
     key_data, fixed, sample = self.inputs[sp.name]
     idx = batching.pad_rows(positions.astype(np.int32), self.batch)
-    return kernels.rows_batch(
-        self.plan.tier, key_data, self.put(idx),
-        self.put(np.int32(len(positions))), fixed, sample, shapes=shapes,
-        renders=self.plan.renders, vmap_rows=self.plan.vmap_rows,
-        mesh=self.mesh)
+    kernel = self._kernel(shapes).result()
+    return kernel(key_data, self.put(idx), self.put(np.int32(len(positions))),
+                  fixed, sample)
 
   def to_host(self, sp: SplitPlan, shapes, rows, count: int):
     try:
@@ -159,6 +193,9 @@ class UseropSource:
   def to_host(self, sp: SplitPlan, key, rows, count: int):
     del sp, key
     return jax.tree.map(lambda x: x[:count], rows)
+
+  def close(self) -> None:
+    pass
 
   def to_jsonl(self, sp: SplitPlan, rows) -> bytes:
     return userop_formats.rows_to_jsonl(rows, split=sp.split,
