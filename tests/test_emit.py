@@ -25,7 +25,10 @@ from tinyvm_jax._src.io import manifest as manifest_lib
 from tinyvm_jax._src.emit import classes as classes_lib
 from tinyvm_jax._src.emit import convert
 from tinyvm_jax._src.emit import layout
+from tinyvm_jax._src.emit import kernels
 from tinyvm_jax._src.emit import plan as plan_lib
+from tinyvm_jax._src.emit import sources
+from tinyvm_jax._src.emit import writers as writers_lib
 from tinyvm_jax._src.emit.run import emit_dataset
 from tinyvm_jax._src import tiers
 
@@ -300,6 +303,35 @@ def test_workers_write_the_same_bytes(tmp_path, monkeypatch):
   m0, m2 = (json.loads((d / "manifest.json").read_bytes())["files"]
             for d in (inline, pooled))
   assert m0 == m2
+
+
+def test_zarr_slabs_write_the_same_shards(emitted, tmp_path, monkeypatch):
+  """A part written a slab of one chunk at a time (each slab committed
+  into its shard: the writer's path for parts larger than SLAB_BYTES)
+  gives the shards of a part written at once."""
+  monkeypatch.setattr(writers_lib.ZarrWriter, "SLAB_BYTES", 1)
+  slabs = emit_dataset(small_plan("tier1"), tmp_path).tier_dir
+  assert data_files(slabs) == data_files(emitted["tier1"])
+
+
+def test_row_class_kernels_compile_once_each(tmp_path, monkeypatch):
+  """The source compiles each row class's kernel once, ahead of its first
+  batch, and every batch of the class runs that compiled kernel."""
+  lowered = []
+  real = kernels.rows_batch.lower
+  monkeypatch.setattr(kernels.rows_batch, "lower",
+                      lambda *a, **k: lowered.append(k["shapes"]) or
+                      real(*a, **k), raising=False)
+  plan = small_plan("tier1")
+  source = sources.ProgramSource(plan)
+  source.start(jax.local_devices(), max_classes=8)
+  try:
+    for sp in plan.splits:
+      for shapes, positions in source.batches(sp, 0):
+        source.dispatch(sp, shapes, positions)
+  finally:
+    source.close()
+  assert sorted(map(str, lowered)) == sorted(map(str, source.classes))
 
 
 def test_workers_setting_is_checked(tmp_path):

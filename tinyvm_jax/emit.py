@@ -38,6 +38,7 @@ from absl import flags
 from tinyvm_jax._src import checks
 from tinyvm_jax._src import compile_cache
 from tinyvm_jax._src.emit import coordination
+from tinyvm_jax._src.emit import heap
 from tinyvm_jax._src.emit import layout
 from tinyvm_jax._src.emit import plan as plan_lib
 from tinyvm_jax._src.emit import run as run_lib
@@ -349,6 +350,8 @@ def main(argv) -> int:
   except (UserError, plan_lib.EmitError) as e:
     _fail(str(e))
   compile_cache.enable_compile_cache(FLAGS.compile_cache)
+  if "MALLOC_MMAP_THRESHOLD_" not in os.environ:   # the user's choice stands
+    heap.bound(run_lib.largest_row_bytes(plan))
   show = FLAGS.progress if FLAGS.progress is not None else sys.stderr.isatty()
   label = plan.tier.name if nproc == 1 else f"{plan.tier.name}[{pid}]"
   bar = _Bar(label, show)

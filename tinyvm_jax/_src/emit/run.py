@@ -290,6 +290,14 @@ def generate_parts(plan: Plan, todo: Sequence[tuple[SplitPlan, int]], *,
   return generated
 
 
+def largest_row_bytes(plan: Plan) -> int:
+  """Bytes of the plan's largest row at its split's sizes (its zarr
+  arrays): what sizes the emit's buffers."""
+  source = sources.make_source(plan)
+  return max(sum(x[0].nbytes for x in source.example_arrays(sp).values())
+             for sp in plan.splits)
+
+
 # ----------------------------------------------------------------- the run
 def emit_dataset(plan: Plan, out_dir, *,
                  devices: Sequence[Any] | None = None,

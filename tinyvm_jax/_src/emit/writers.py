@@ -150,13 +150,18 @@ class ParquetWriter:
                       positions: np.ndarray) -> None:
     """`write` of the rows' Arrow table (`source.to_table`)."""
     del sp
-    self.tables.append(table)
+    self.schema = table.schema
+    self.tables.append({name: table.column(name) for name in
+                        table.column_names})
     self.positions.append(positions)
 
   def _part_table(self):
-    """The part's rows in index order: slices of the batches' tables, a
-    run of rows of one batch each (`take` changes how Arrow lays out the
-    nested columns, and with it the file's bytes; slices do not)."""
+    """The part's rows in index order, one chunk a column (the writer's
+    dictionary-page fallback on long string columns, Tier 2 cot text,
+    depends on how the rows are chunked): slices of the batches' columns,
+    a run of rows of one batch each (`take` changes how Arrow lays out the
+    nested columns, and with it the file's bytes; slices do not), joined a
+    column (and struct field) at a time, each freed once joined."""
     import pyarrow as pa
     pos = np.concatenate(self.positions)
     batch = np.concatenate([np.full(len(p), i) for i, p in
@@ -167,15 +172,18 @@ class ParquetWriter:
     starts = np.flatnonzero(np.r_[True, (b[1:] != b[:-1])
                                   | (r[1:] != r[:-1] + 1)])
     ends = np.r_[starts[1:], len(order)]
-    table = pa.concat_tables([self.tables[b[i]].slice(r[i], e - i)
-                              for i, e in zip(starts, ends)])
-    # one chunk a column: the writer's dictionary-page fallback on long
-    # string columns (Tier 2 cot text) depends on how the rows are chunked
-    return table.combine_chunks()
+    columns = []
+    for name in self.schema.names:
+      parts = [c for i, e in zip(starts, ends) for c in
+               self.tables[b[i]][name].slice(r[i], e - i).chunks]
+      for t in self.tables:
+        del t[name]
+      columns.append(self._parquet.concat_consuming(parts))
+    self.tables, self.positions = [], []
+    return pa.Table.from_arrays(columns, schema=self.schema)
 
   def end_part(self, sp: SplitPlan, part: int) -> dict:
     table = self._part_table()
-    self.tables, self.positions = [], []
     return self._commit(sp, part, table.num_rows,
                         lambda tmp: self._parquet.write_parquet(table, tmp))
 
@@ -184,7 +192,6 @@ class ParquetWriter:
     (`convert.Pool`): returns the encoding in flight and a function that
     takes its bytes and makes the part durable (returning its record)."""
     table = self._part_table()
-    self.tables, self.positions = [], []
     n = table.num_rows
     return pool.encode_parquet(table), lambda data: self._commit(
         sp, part, n, lambda tmp: tmp.write_bytes(data))
@@ -250,7 +257,7 @@ class ZarrWriter:
                            self.plan.part_rows)
     slab, buffer = self._slab(sp)
     if hi - lo > slab:
-      self.batches.append(batch)
+      self.batches.append((batch[0], _cut_padding(batch[1])))
       return
     if self.filled is None:
       self.filled = _padding(buffer, hi - lo)
@@ -305,6 +312,21 @@ def _padding(buffer: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
   return out
 
 
+def _cut_padding(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Copies of a batch's arrays [B, L, ...] cut along L to the entries some
+  row uses (the rest is padding): a kept batch holds its rows, not its row
+  class's sizes (a Tier 2 class's cot targets are up to 124,357 tokens)."""
+  out = {}
+  for name, x in arrays.items():
+    if x.ndim > 1 and x.shape[0] and x[0].size >= 256:
+      fill = zarr_store.fill_value(name)
+      lo, hi = x.min(axis=0), x.max(axis=0)                    # [L, ...]
+      used = ((lo != fill) | (hi != fill)).reshape(x.shape[1], -1).any(1)
+      x = x[:, :int(used.nonzero()[0][-1]) + 1 if used.any() else 0]
+    out[name] = np.ascontiguousarray(x)
+  return out
+
+
 def _place(out: dict[str, np.ndarray], start: int, positions: np.ndarray,
            arrays: Mapping[str, np.ndarray]) -> None:
   """Places rows `arrays` [n] (at any sizes up to `out`'s) at rows
@@ -313,10 +335,10 @@ def _place(out: dict[str, np.ndarray], start: int, positions: np.ndarray,
   contiguous = rel[-1] - rel[0] + 1 == rel.size
   for name, x in arrays.items():
     dst = out[name]
-    if contiguous and x.shape[1:] == dst.shape[1:]:
-      dst[rel[0]:rel[-1] + 1] = x
-      continue
     cut = tuple(slice(0, d) for d in x.shape[1:])
+    if contiguous:
+      dst[(slice(rel[0], rel[-1] + 1),) + cut] = x
+      continue
     for k, r in enumerate(rel):   # a row at a time: numpy's fancy
       dst[(r,) + cut] = x[k]      # indexing is far slower here
 
