@@ -7,11 +7,13 @@ writer, compilation) each allocate and free many large temporaries, so
 every arena stays near its own highest point and the process's resident
 memory is their sum. `bound` fixes the threshold: blocks at or above it are
 mapped on their own and unmapped when freed, at the cost of page faults
-when they are mapped again. Measured on 2 cores (all formats, BUILD.md
-"Memory"): Tier 1 (rows up to 10 KB) peaked at 1.94 GB without it, 1.42 GB
-at 16 MB in the same time, 1.33 GB at 4 MB but about 20% slower; a
-20,000-row Tier 2 emit (rows up to 236 KB) at 2.13 GB without, 1.96 GB at
-16 MB, 1.66 GB at 4 MB. Hence 4 MB for rows over 64 KB, else 16 MB. The
+when they are mapped again. Measured on 2 cores (BUILD.md "Memory"): Tier 1
+in all formats (rows up to 10 KB) peaked at 1.5-1.7 GB without it, 1.42 GB at
+16 MB in the same time, 1.33 GB at 4 MB but about 20% slower; a 20,000-row
+Tier 2 emit in all formats (rows up to 236 KB) at 2.13 GB without, 1.96 GB
+at 16 MB, 1.66 GB at 4 MB; Tier 2 zarr alone peaks near 1 GB anyway and
+runs about 10% slower with either. Hence: 16 MB for rows up to 64 KB; for
+larger rows 4 MB with JSONL or Parquet, glibc's own for zarr alone. The
 CLI calls `bound` (a process that imports the emit as a library keeps its
 own allocator settings); `release` returns what the heap holds free (after
 a compilation, after each part). Elsewhere than glibc both do nothing.
@@ -34,18 +36,20 @@ def _libc():
     return None
 
 
-def mmap_threshold(row_bytes: int) -> int:
-  """The threshold `bound` sets for an emit whose largest row (at its
-  split's sizes) takes `row_bytes`."""
-  return 4 << 20 if row_bytes > LARGE_ROW else 16 << 20
+def mmap_threshold(row_bytes: int, formats) -> int | None:
+  """The threshold `bound` sets for an emit of `formats` whose largest row
+  (at its split's sizes) takes `row_bytes`; None: glibc's own."""
+  if row_bytes <= LARGE_ROW:
+    return 16 << 20
+  return 4 << 20 if {"jsonl", "parquet"} & set(formats) else None
 
 
-def bound(row_bytes: int) -> None:
-  """Blocks of `mmap_threshold(row_bytes)` bytes or more are mapped on
-  their own (and returned when freed), where glibc can."""
-  libc = _libc()
-  if libc is not None:
-    libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold(row_bytes))
+def bound(row_bytes: int, formats) -> None:
+  """Blocks of `mmap_threshold(row_bytes, formats)` bytes or more are
+  mapped on their own (and returned when freed), where glibc can."""
+  libc, threshold = _libc(), mmap_threshold(row_bytes, formats)
+  if libc is not None and threshold is not None:
+    libc.mallopt(_M_MMAP_THRESHOLD, threshold)
 
 
 def release() -> None:
