@@ -305,11 +305,16 @@ def test_workers_write_the_same_bytes(tmp_path, monkeypatch):
   assert m0 == m2
 
 
-def test_zarr_slabs_write_the_same_shards(emitted, tmp_path, monkeypatch):
-  """A part written a slab of one chunk at a time (each slab committed
-  into its shard: the writer's path for parts larger than SLAB_BYTES)
-  gives the shards of a part written at once."""
+@pytest.mark.parametrize("slabs_a_commit", [1, 4])
+def test_zarr_slabs_write_the_same_shards(emitted, tmp_path, monkeypatch,
+                                          slabs_a_commit):
+  """A part written a slab of one chunk at a time (the writer's path for
+  parts larger than SLAB_BYTES), each slab committed into its shard or
+  the part's slabs in one commit, gives the shards of a part written at
+  once."""
   monkeypatch.setattr(writers_lib.ZarrWriter, "SLAB_BYTES", 1)
+  monkeypatch.setattr(writers_lib.ZarrWriter, "SLABS_A_COMMIT",
+                      slabs_a_commit)
   slabs = emit_dataset(small_plan("tier1"), tmp_path).tier_dir
   assert data_files(slabs) == data_files(emitted["tier1"])
 

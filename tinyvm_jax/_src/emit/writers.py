@@ -220,14 +220,17 @@ class ZarrWriter:
   class's sizes). They are placed into a buffer at the split's sizes,
   filled with each array's padding value, which is written in one
   contiguous write (tensorstore writes contiguous boxes far faster than
-  index arrays) and committed. The buffer holds a slab of whole chunks of
-  at most about `SLAB_BYTES` (at least one chunk): when a part fits one
-  slab, rows are placed as they arrive; otherwise the part's batches are
-  kept as they came and placed a slab at a time when the part ends, so
-  memory does not grow with the part size. The shard's bytes do not depend
-  on the slabs."""
+  index arrays). The buffer holds a slab of whole chunks of at most about
+  `SLAB_BYTES` (at least one chunk): when a part fits one slab, rows are
+  placed as they arrive; otherwise the part's batches are kept (cut to the
+  entries their rows use) and placed a slab at a time when the part ends,
+  committed every `SLABS_A_COMMIT` slabs (the transaction holds a copy of
+  what it has not committed; each commit rewrites the part's shards so
+  far), so memory does not grow with the part size. The shard's bytes do
+  not depend on the slabs."""
 
   SLAB_BYTES = 64 << 20
+  SLABS_A_COMMIT = 4   # each commit rewrites the part's shards so far
 
   def __init__(self, plan: Plan, work: Path, done: Mapping[str, dict],
                source: RowSource):
@@ -292,8 +295,9 @@ class ZarrWriter:
         if i < j:
           _place(filled, start, positions[i:j],
                  {name: x[i:j] for name, x in arrays.items()})
-      group.write(start, filled)
-      group.commit_part()   # the slab was copied into the transaction
+      group.write(start, filled)   # copied into the transaction
+      if stop == hi or (stop - lo) // slab % self.SLABS_A_COMMIT == 0:
+        group.commit_part()
     self.batches, self.filled = [], None
     return {}
 
