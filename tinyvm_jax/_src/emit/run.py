@@ -294,7 +294,7 @@ def largest_row_bytes(plan: Plan) -> int:
   """Bytes of the plan's largest row at its split's sizes (its zarr
   arrays): what sizes the emit's buffers."""
   source = sources.make_source(plan)
-  return max(sum(x[0].nbytes for x in source.example_arrays(sp).values())
+  return max(sources.row_bytes(source.example_arrays(sp))
              for sp in plan.splits)
 
 

@@ -59,12 +59,17 @@ class RowSource(Protocol):
   def example_arrays(self, sp: SplitPlan) -> dict[str, np.ndarray]: ...
 
 
+def row_bytes(example: dict[str, np.ndarray]) -> int:
+  """Bytes of one row of a split at its sizes, from its `example_arrays`."""
+  return sum(x[0].nbytes for x in example.values())
+
+
 class ProgramSource:
   """Tiers 0-2: batches of one row class each, sharded over the devices
-  (one compilation a class). `start` compiles the classes' kernels in
-  parallel (a thread a core: a compilation uses one, and a new user's
-  first emit spends much of its time there), cheapest (first used) first;
-  `dispatch` waits for its class's."""
+  (one compilation a class). `start` compiles the classes' kernels ahead,
+  cheapest (first used) first, a thread per two cores (XLA's CPU compiler
+  already uses about two; a new user's first emit spends much of its time
+  there); `dispatch` waits for its class's and runs it."""
   columns = ("meta, program, trace, renders (the reference's JSONL row "
              "schema)")
 
@@ -81,6 +86,11 @@ class ProgramSource:
     self.classes = classes_lib.row_classes(self.plan, max_classes=max_classes)
     self.inputs = {}   # split name -> its inputs on the devices
     self.kernels = {}  # static sizes -> Future of the compiled kernel
+    key_data, fixed, sample = (  # any split's: they give the types
+        self.put(x) for x in kernels.split_inputs(self.plan,
+                                                  self.plan.splits[0]))
+    self._example = (key_data, self.put(np.zeros(self.batch, np.int32)),
+                     self.put(np.int32(0)), fixed, sample)
     threads = max(1, min(len(self.classes), (os.cpu_count() or 1) // 2))
     self._compiler = futures.ThreadPoolExecutor(
         threads, thread_name_prefix="tinyvm-compile")
@@ -90,14 +100,11 @@ class ProgramSource:
   def _kernel(self, shapes) -> futures.Future:
     """The compiled row kernel at `shapes` (compiling it if not yet)."""
     if shapes not in self.kernels:
-      sp = self.plan.splits[0]   # any split: its inputs give the types
-      args = tuple(self.put(x) for x in kernels.split_inputs(self.plan, sp))
-      index = self.put(np.zeros(self.batch, np.int32))
       def compile_kernel():
         kernel = kernels.rows_batch.lower(
-            self.plan.tier, args[0], index, self.put(np.int32(0)),
-            *args[1:], shapes=shapes, renders=self.plan.renders,
-            vmap_rows=self.plan.vmap_rows, mesh=self.mesh).compile()
+            self.plan.tier, *self._example, shapes=shapes,
+            renders=self.plan.renders, vmap_rows=self.plan.vmap_rows,
+            mesh=self.mesh).compile()
         heap.release()   # what the compiler freed
         return kernel
       self.kernels[shapes] = self._compiler.submit(compile_kernel)

@@ -20,7 +20,7 @@ import numpy as np
 from tinyvm_jax._src import batching
 from tinyvm_jax._src.emit import layout
 from tinyvm_jax._src.emit.plan import EmitError, FORMATS, Plan, SplitPlan
-from tinyvm_jax._src.emit.sources import RowSource
+from tinyvm_jax._src.emit.sources import RowSource, row_bytes
 from tinyvm_jax._src.io import manifest as manifest_lib
 from tinyvm_jax._src.io import zarr_store
 
@@ -271,9 +271,9 @@ class ZarrWriter:
     fresh pages costs more than filling resident ones)."""
     if self.kept is None or self.kept[0] != sp.name:
       example = self.source.example_arrays(sp)
-      row_bytes = sum(x[0].nbytes for x in example.values())
       chunk = self.plan.chunk_rows
-      slab = max(chunk, self.SLAB_BYTES // max(1, row_bytes) // chunk * chunk)
+      slab = max(chunk, self.SLAB_BYTES // max(1, row_bytes(example))
+                 // chunk * chunk)
       slab = min(slab, batching.round_up(self.plan.part_rows, chunk))
       self.kept = (sp.name, slab, {
           name: np.empty((slab,) + x.shape[1:], x.dtype)
@@ -336,15 +336,10 @@ def _place(out: dict[str, np.ndarray], start: int, positions: np.ndarray,
   """Places rows `arrays` [n] (at any sizes up to `out`'s) at rows
   `positions - start` of `out`."""
   rel = positions - start
-  contiguous = rel[-1] - rel[0] + 1 == rel.size
+  rows = (slice(rel[0], rel[-1] + 1) if rel[-1] - rel[0] + 1 == rel.size
+          else rel)
   for name, x in arrays.items():
-    dst = out[name]
-    cut = tuple(slice(0, d) for d in x.shape[1:])
-    if contiguous:
-      dst[(slice(rel[0], rel[-1] + 1),) + cut] = x
-      continue
-    for k, r in enumerate(rel):   # a row at a time: numpy's fancy
-      dst[(r,) + cut] = x[k]      # indexing is far slower here
+    out[name][(rows,) + tuple(slice(0, d) for d in x.shape[1:])] = x
 
 
 _MAKERS = {"zarr": ZarrWriter, "jsonl": JsonlWriter, "parquet": ParquetWriter}
