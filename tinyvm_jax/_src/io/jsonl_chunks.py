@@ -26,7 +26,6 @@ _EMPTY = 0         # id of the empty chunk
 _SMALL = 99        # two register values in [-99, 99] share one chunk
 MAX_INDEX = 9999  # largest pc / label number / |literal| with chunks
 _SUB_BATCH = 1024  # most rows assembled at a time
-BUDGET = 4_000_000  # most chunk slots (about) assembled at a time
 # Sorting rows by size, and restoring their order, costs about what a third
 # of the padding it saves does: sort when the padded slots drop below half.
 _SORT_BELOW = 0.5
@@ -381,8 +380,12 @@ def text_ids(t, ids: np.ndarray, length: np.ndarray, raw: bool = False
               ) -> np.ndarray:
   """Chunk ids [B, X] of the text of token ids (see `text`), JSON-escaped
   unless `raw`."""
-  b, n = ids.shape
-  var = _text_variants(ids, length)                            # [B, T]
+  return _variant_text_ids(t, _text_variants(ids, length), raw)
+
+
+def _variant_text_ids(t, var: np.ndarray, raw: bool) -> np.ndarray:
+  """`text_ids` of text variants [B, T] (`_text_variants`)."""
+  b, n = var.shape
   if n % 2:
     var = np.concatenate([var, np.full((b, 1), isa.TOK_PAD)], axis=1)
   name = "raw_pair" if raw else "text_pair"
@@ -411,8 +414,9 @@ def texts_arrow_buffers(ids: np.ndarray, length: np.ndarray
     sub_ids, sub_len = ids[sl, :n], length[sl]
     in_range("token id", sub_ids, np.arange(n) < sub_len[:, None], 0,
               V - 1, lo)
-    counts[sl] = t["raw_len"].take(_text_variants(sub_ids, sub_len)).sum(1)
-    flat = text_ids(t, sub_ids, sub_len, raw=True).ravel()
+    var = _text_variants(sub_ids, sub_len)                     # [b, n]
+    counts[sl] = t["raw_len"].take(var).sum(1)
+    flat = _variant_text_ids(t, var, raw=True).ravel()
     flat = np.compress(flat != _EMPTY, flat)
     out.append(data.take(flat).tobytes().translate(None, b"\0"))
   offsets = np.zeros(b + 1, np.int64)
