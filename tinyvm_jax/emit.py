@@ -350,7 +350,8 @@ def main(argv) -> int:
   except (UserError, plan_lib.EmitError) as e:
     _fail(str(e))
   compile_cache.enable_compile_cache(FLAGS.compile_cache)
-  if "MALLOC_MMAP_THRESHOLD_" not in os.environ:   # the user's choice stands
+  if not {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(
+      os.environ):   # the user's choice stands
     heap.bound(run_lib.largest_row_bytes(plan), plan.formats)
   show = FLAGS.progress if FLAGS.progress is not None else sys.stderr.isatty()
   label = plan.tier.name if nproc == 1 else f"{plan.tier.name}[{pid}]"
