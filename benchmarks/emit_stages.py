@@ -10,7 +10,8 @@ dataset's average). Core-seconds, which a machine shared with other jobs
 disturbs less than wall time. It also prints the dataset's CPU floor: the
 sum of the stages an emit without workers runs, times its rows, and that
 over the machine's cores: no emit of these bytes on this machine is
-faster. Stages: generate (the jitted `tinyvm_jax.generate`, at the
+faster (but for generation, timed at the split's full sizes, which the
+emit's row classes undercut). Stages: generate (the jitted `tinyvm_jax.generate`, at the
 split's full sizes: an upper bound of the emit's row-class kernel), device
 -> host copy and row cut, zarr encode + write, JSONL serialization, Arrow
 table, Parquet encode (zstd), pickling to and from a worker (the emit's
