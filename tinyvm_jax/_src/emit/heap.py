@@ -18,11 +18,16 @@ larger rows 4 MB with JSONL or Parquet, glibc's own for zarr alone.
 A fixed mmap threshold also stops glibc from raising its trim threshold
 (128 KB): each arena then gives back its top whenever 128 KB of it is free,
 and faults it in again at the next batch. `bound` sets the trim threshold
-with it (`trim_threshold`: 256 MB with the 16 MB threshold, 32 MB with 4 MB);
-measured (`perf stat -e page-faults`, 2 cores): the full Tier 1 in all formats
-2.78 M -> 1.51 M page faults, 14-17 -> 9.5 system CPU-s, peak 1.36-1.38 ->
-1.51 GB; a 20,000-row Tier 2 in all formats 7.31 M -> 5.49 M, 40.7 -> 33.9
-system CPU-s, 1.78 -> 1.81 GB. The CLI calls `bound` (a process that imports
+with it (`trim_threshold`: 256 MB with the 16 MB threshold, 32 MB with 4 MB).
+Measured with `perf stat -e page-faults` on 2 cores, the thresholds set from
+the environment, one run each (not interleaved; a Tier 2 emit beside all but
+the first Tier 1 run): the full Tier 1 in all formats
+2.78 M -> 1.51 M page faults (14-17 -> 9.5 system CPU-s; peak 1.36-1.38 ->
+1.51 GB); 20,000 Tier 2 rows in all formats 7.31 M -> 5.49 M (40.7 -> 33.9
+system CPU-s; 1.78 -> 1.81 GB). Interleaved on a quieter machine, with this
+round's other changes (BUILD.md): Tier 1 1.40-1.72 M -> 1.27-1.52 M faults
+and no measurable change in wall time; Tier 2 20,000 rows 6.86 M -> 3.67 M,
+64.1 -> 61.6 s. The CLI calls `bound` (a process that imports
 the emit as a library keeps its own allocator settings); `release` returns
 what the heap holds free (after a compilation, after each part). Elsewhere
 than glibc both do nothing.
