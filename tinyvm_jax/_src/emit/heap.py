@@ -59,10 +59,13 @@ def mmap_threshold(row_bytes: int, formats) -> int | None:
   return 4 << 20 if {"jsonl", "parquet"} & set(formats) else None
 
 
+_TRIM = {16 << 20: 256 << 20, 4 << 20: 32 << 20}   # the measured pairs
+
+
 def trim_threshold(mmap: int) -> int:
   """The free bytes an arena's top keeps, with an mmap threshold of `mmap`
-  bytes: 256 MB for 16 MB, 32 MB for 4 MB (the measured settings)."""
-  return mmap * (16 if mmap >= 16 << 20 else 8)
+  bytes (one of `mmap_threshold`'s)."""
+  return _TRIM[mmap]
 
 
 def bound(row_bytes: int, formats) -> None:

@@ -60,7 +60,7 @@ class JsonlWriter:
   def __init__(self, plan: Plan, work: Path, done: Mapping[str, dict],
                source: RowSource):
     self.plan, self.work, self.done, self.source = plan, work, done, source
-    self.batches, self.lines, self.positions = [], [], []
+    self.batches, self.positions = [], []   # the part's (bytes, line ends)
     self.file = None
     self.key = None   # (split name, piece's first part, last part written)
 
@@ -72,27 +72,28 @@ class JsonlWriter:
 
   def write_converted(self, sp: SplitPlan, data: bytes,
                       positions: np.ndarray) -> None:
-    """`write` of the rows' JSONL bytes (`source.to_jsonl`): kept with
-    views of its lines, newline included (no copy)."""
+    """`write` of the rows' JSONL bytes (`source.to_jsonl`), kept with the
+    offsets [n] where its lines end (newline included)."""
     del sp
     ends = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n")) + 1
     assert len(ends) == len(positions) and ends[-1:].sum() == len(data)
-    view = memoryview(data)
-    starts = [0] + ends[:-1].tolist()
-    self.batches.append(data)
-    self.lines.extend(view[a:b] for a, b in zip(starts, ends.tolist()))
+    self.batches.append((data, ends))
     self.positions.append(positions)
 
   def _blocks(self):
     """The part's bytes in row order, in blocks: its batches as they are
-    when they came in row order, else `BLOCK_LINES` lines joined a
-    block."""
+    when they came in row order, else `BLOCK_LINES` lines (views into the
+    batches, no copy of a line) joined a block."""
     order = np.argsort(np.concatenate(self.positions), kind="stable")
     if (np.diff(order) == 1).all():
-      yield from self.batches
+      yield from (data for data, _ in self.batches)
       return
+    lines = []
+    for data, ends in self.batches:
+      view, ends = memoryview(data), ends.tolist()
+      lines += [view[a:b] for a, b in zip([0] + ends[:-1], ends)]
     for i in range(0, len(order), self.BLOCK_LINES):  # no copy of the part
-      yield b"".join([self.lines[k] for k in order[i:i + self.BLOCK_LINES]])
+      yield b"".join([lines[k] for k in order[i:i + self.BLOCK_LINES]])
 
   def _open(self, sp: SplitPlan, part: int) -> None:
     """Makes the piece that part `part` goes to the open file."""
@@ -121,12 +122,12 @@ class JsonlWriter:
 
   def end_part(self, sp: SplitPlan, part: int) -> dict:
     self._open(sp, part)
-    rows = len(self.lines)
+    rows = sum(len(x) for x in self.positions)
     for data in self._blocks():
       self.file.write(data)
       self.hash.update(data)
       self.bytes += len(data)
-    self.batches, self.lines, self.positions = [], [], []
+    self.batches, self.positions = [], []
     self.file.flush()
     os.fsync(self.file.fileno())
     self.key = (sp.name, self.key[1], part)
@@ -139,7 +140,7 @@ class JsonlWriter:
     self.file, self.key = None, None
 
   def close(self) -> None:
-    self.batches, self.lines, self.positions = [], [], []
+    self.batches, self.positions = [], []
     self._close_file()
 
 
