@@ -1,5 +1,9 @@
 """The emit's heap settings (`_src/emit/heap.py`): which thresholds an
-emit's plan gets, and that `bound` hands both to glibc."""
+emit's plan gets, that `bound` hands both to glibc, and pyarrow's pool."""
+
+import os
+import subprocess
+import sys
 
 from tinyvm_jax._src.emit import heap
 
@@ -44,3 +48,23 @@ def test_without_glibc_nothing_happens(monkeypatch):
   monkeypatch.setattr(heap, "_libc", lambda: None)
   heap.bound(10 << 10, ["jsonl"])
   heap.release()
+
+
+def test_arrow_pool_is_the_systems_unless_the_environment_names_one(
+    monkeypatch):
+  monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+  heap.arrow_pool()
+  assert os.environ["ARROW_DEFAULT_MEMORY_POOL"] == heap.ARROW_POOL
+  monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "mimalloc")
+  heap.arrow_pool()
+  assert os.environ["ARROW_DEFAULT_MEMORY_POOL"] == "mimalloc"
+
+
+def test_pyarrow_takes_the_pool_from_the_environment():
+  code = ("import pyarrow; "
+          "print(pyarrow.default_memory_pool().backend_name)")
+  out = subprocess.run(
+      [sys.executable, "-c", code], capture_output=True, text=True,
+      check=True, env={**os.environ, "ARROW_DEFAULT_MEMORY_POOL":
+                       heap.ARROW_POOL})
+  assert out.stdout.strip() == heap.ARROW_POOL

@@ -350,6 +350,7 @@ def main(argv) -> int:
   except (UserError, plan_lib.EmitError) as e:
     _fail(str(e))
   compile_cache.enable_compile_cache(FLAGS.compile_cache)
+  heap.arrow_pool()
   if not {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(
       os.environ):   # the user's choice stands
     heap.bound(run_lib.largest_row_bytes(plan), plan.formats)
