@@ -52,7 +52,9 @@ def test_without_glibc_nothing_happens(monkeypatch):
 
 def test_arrow_pool_is_the_systems_unless_the_environment_names_one(
     monkeypatch):
-  monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+  # setenv first so that the test's end restores the environment as it was
+  monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "")
+  monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL")
   heap.arrow_pool()
   assert os.environ["ARROW_DEFAULT_MEMORY_POOL"] == heap.ARROW_POOL
   monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "mimalloc")

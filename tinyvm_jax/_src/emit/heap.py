@@ -30,7 +30,8 @@ and no measurable change in wall time; Tier 2 20,000 rows 6.86 M -> 3.67 M,
 64.1 -> 61.6 s. The CLI calls `bound` (a process that imports
 the emit as a library keeps its own allocator settings); `release` returns
 what the heap holds free (after a compilation, after each part). Elsewhere
-than glibc both do nothing.
+than glibc both do nothing. The CLI also calls `arrow_pool`, so that
+pyarrow's buffers come from this same bounded heap.
 """
 
 import ctypes
